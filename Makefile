@@ -1,0 +1,48 @@
+# gtr_turbo_jax: `make install` once, then `make test` / `make train ENV=sokoban`.
+# Everything runs in a virtual environment at $(VENV) (override: make VENV=/path/to/venv ...).
+# To use the current interpreter instead: make VENV= PY=python3 ...
+
+VENV ?= .venv
+PY ?= $(if $(VENV),$(VENV)/bin/python,python3)
+EXTRAS ?= test
+ENV ?= sokoban
+ARGS ?=
+# Tests and the CPU default never probe for accelerators.
+export JAX_PLATFORMS ?= cpu
+
+.PHONY: install install-all test test-slow test-all lint bench-envs train clean
+
+$(VENV)/bin/python:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --upgrade pip setuptools wheel
+
+# Fresh machine: creates the venv and installs the package (editable) with the test tools.
+install: $(if $(VENV),$(VENV)/bin/python)
+	$(PY) -m pip install -e ".[$(EXTRAS)]"
+
+# Everything CI needs: tests, live PyTorch parity (torch CPU) and benchmark peers (jumanji).
+install-all:
+	$(MAKE) install EXTRAS=test,parity,bench
+
+# Default suite: fast tests only (< 10 minutes on 2 cores). Exit code 5 (no tests) fails.
+test:
+	$(PY) -m pytest -m "not slow" -q
+
+test-slow:
+	$(PY) -m pytest -m "slow" -q
+
+test-all:
+	$(PY) -m pytest -q
+
+lint:
+	$(PY) -m ruff check gtr_turbo_jax tests experiments configs
+	$(PY) -m ruff format --check gtr_turbo_jax tests experiments configs
+
+bench-envs:
+	$(PY) experiments/bench/envs.py $(ARGS)
+
+train:
+	$(PY) -m gtr_turbo_jax train --env=$(ENV) $(ARGS)
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,108 @@
+"""Host-env adapter: the batched gymnax interface over Python (non-JAX) environments.
+
+ALFWorld and other simulators cannot run inside jit. `HostEnvAdapter` steps `num_envs` Python envs
+outside jit and returns what `jax.vmap(env.step)` over a JAX env would: stacked numpy observations,
+rewards, terminated/truncated flags, automatic reset and `info["final_observation"]`. The host-driven
+rollout calls it exactly where the compiled rollout calls the JAX env.
+
+A Python env keeps the `HostEnv` protocol below. Its state lives inside the Python objects, so the
+`state` the adapter returns is only a record of episode bookkeeping: unlike a JAX env, stepping the
+same `state` twice does not replay it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import jax
+import numpy as np
+
+
+class HostEnv(Protocol):
+    action_names: Sequence[str]
+
+    def reset(self, seed: int) -> dict[str, np.ndarray]: ...
+
+    def step(self, action: int) -> tuple[dict[str, np.ndarray], float, bool, bool, dict]: ...
+
+
+@dataclass(frozen=True)
+class HostEnvState:
+    time: np.ndarray  # [num_envs] steps taken in the current episode
+    episodes: np.ndarray  # [num_envs] episodes started so far
+
+
+def _stack(observations: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.stack([np.asarray(o[k]) for o in observations]) for k in observations[0]}
+
+
+def _seeds(key: jax.Array, n: int) -> list[int]:
+    """Python-int seeds drawn from a JAX key, so a run is reproducible from its key alone."""
+    return [int(s) for s in np.asarray(jax.random.randint(key, (n,), 0, 2**31 - 1))]
+
+
+class HostEnvAdapter:
+    """`num_envs` Python envs behind `reset(key) -> (obs, state)` and `step(key, state, actions) ->
+    (obs, state, reward, terminated, truncated, info)`, all arrays with a leading `[num_envs]` axis."""
+
+    def __init__(self, make_env: Callable[[], HostEnv], num_envs: int):
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        self.envs = [make_env() for _ in range(num_envs)]
+        self.action_names = tuple(self.envs[0].action_names)
+        self.num_envs = num_envs
+
+    @property
+    def num_actions(self) -> int:
+        return len(self.action_names)
+
+    def reset(
+        self, key: jax.Array, params: Any = None
+    ) -> tuple[dict[str, np.ndarray], HostEnvState]:
+        del params
+        obs = [env.reset(seed) for env, seed in zip(self.envs, _seeds(key, self.num_envs))]
+        n = self.num_envs
+        return _stack(obs), HostEnvState(np.zeros(n, np.int32), np.ones(n, np.int32))
+
+    def step(self, key: jax.Array, state: HostEnvState, action: Any, params: Any = None):
+        del params
+        actions = np.asarray(action).reshape(-1)
+        if actions.shape != (self.num_envs,):
+            raise ValueError(f"expected {self.num_envs} actions, got shape {np.shape(action)}")
+        bad = actions[(actions < 0) | (actions >= self.num_actions)]
+        if bad.size:
+            raise ValueError(
+                f"action {int(bad[0])} out of range: valid ids are 0..{self.num_actions - 1} "
+                f"({', '.join(self.action_names)})"
+            )
+        seeds = _seeds(key, self.num_envs)
+        obs, final_obs, rewards, terminated, truncated = [], [], [], [], []
+        for env, a, seed in zip(self.envs, actions, seeds):
+            o, r, term, trunc, _ = env.step(int(a))
+            final_obs.append(o)
+            if term or trunc:
+                o = env.reset(seed)
+            obs.append(o)
+            rewards.append(r)
+            terminated.append(term)
+            truncated.append(trunc)
+        done = np.asarray(terminated) | np.asarray(truncated)
+        state = HostEnvState(
+            np.where(done, 0, state.time + 1).astype(np.int32),
+            (state.episodes + done).astype(np.int32),
+        )
+        info = {
+            "terminated": np.asarray(terminated),
+            "truncated": np.asarray(truncated),
+            "final_observation": _stack(final_obs),
+        }
+        return (
+            _stack(obs),
+            state,
+            np.asarray(rewards, np.float32),
+            np.asarray(terminated),
+            np.asarray(truncated),
+            info,
+        )
