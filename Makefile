@@ -21,7 +21,11 @@ install: $(if $(VENV),$(VENV)/bin/python)
 	$(PY) -m pip install -e ".[$(EXTRAS)]"
 
 # Everything CI needs: tests, live PyTorch parity (torch CPU) and benchmark peers (jumanji).
-install-all:
+# TORCH pins the CPU build that the CI machines carry as a local wheel (a plain `torch` from PyPI
+# drags in gigabytes of CUDA libraries). Elsewhere pass your own, e.g. TORCH=torch.
+TORCH ?= torch==2.13.0
+install-all: $(if $(VENV),$(VENV)/bin/python)
+	$(PY) -m pip install "$(TORCH)"
 	$(MAKE) install EXTRAS=test,parity,bench
 
 # Default suite: fast tests only (< 10 minutes on 2 cores). Exit code 5 (no tests) fails.
