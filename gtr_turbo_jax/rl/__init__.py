@@ -1,0 +1,62 @@
+"""Pure RL functions: GAE, lambda-weighted log-probs, PPO losses, teacher guidance, teacher merges.
+
+Nothing here imports the rest of the package; every function is jit- and vmap-friendly, with
+configuration values (floats, estimator names) static and validated in Python.
+"""
+
+from gtr_turbo_jax.rl.gae import gae
+from gtr_turbo_jax.rl.guidance import (
+    KL_ESTIMATORS,
+    KL_SCOPES,
+    forward_kl,
+    kl_scope_mask,
+    sft_loss,
+    shaped_advantages,
+    thought_kl,
+)
+from gtr_turbo_jax.rl.logprob import (
+    lambda_logprob,
+    masked_token_mean,
+    thought_entropy,
+    token_logprobs,
+)
+from gtr_turbo_jax.rl.merge import (
+    LORA_MERGE_MODES,
+    MERGE_METHODS,
+    ema_merge,
+    linear_merge,
+    lora_product,
+    merge_deltas,
+    merge_lora,
+    push_snapshot,
+    sma_weights,
+    ties_merge,
+)
+from gtr_turbo_jax.rl.ppo import normalize_advantages, ppo_loss
+
+__all__ = [
+    "KL_ESTIMATORS",
+    "KL_SCOPES",
+    "LORA_MERGE_MODES",
+    "MERGE_METHODS",
+    "ema_merge",
+    "forward_kl",
+    "gae",
+    "kl_scope_mask",
+    "lambda_logprob",
+    "linear_merge",
+    "lora_product",
+    "masked_token_mean",
+    "merge_deltas",
+    "merge_lora",
+    "normalize_advantages",
+    "ppo_loss",
+    "push_snapshot",
+    "sft_loss",
+    "shaped_advantages",
+    "sma_weights",
+    "thought_entropy",
+    "thought_kl",
+    "ties_merge",
+    "token_logprobs",
+]

@@ -1,0 +1,213 @@
+"""The merged teacher (GTR-Turbo section 4.1): EMA, SMA and TIES over policy snapshots.
+
+Snapshots live in a fixed-capacity ring buffer: a pytree whose leaves carry a leading snapshot axis
+`[S, ...]`, with a `valid [S]` mask, so shapes never change inside jit. Merges work on *deltas*
+(task vectors `theta_i - theta_0`, or LoRA factors/products) and return a merged delta; the teacher
+is `theta_0 + merged`.
+
+LoRA (Flax layout: `a [in, r]`, `b [r, out]`, delta kernel `a @ b * scaling`, scaling = alpha / r):
+- "dense" (the paper's semantics, the default): merge the products `a_i @ b_i * scaling`; the result
+  is a dense `[in, out]` delta per adapted kernel, to be added to the base kernel. (With the usual
+  `b = 0` initialisation the product itself is the snapshot's task vector.)
+- "factored" (the authors' code, through PEFT): merge the `a` and `b` stacks separately as ordinary
+  leaves; the result is a LoRA pair `(a_m, b_m)` whose delta is `a_m @ b_m * scaling`, which is not
+  the merge of the products (it is smaller: disagreeing factors cancel twice, and PEFT's TIES
+  normalises by counts, not weights). `peft_compat=True` reproduces PEFT's arithmetic exactly.
+Full-weight deltas (no LoRA) go straight to `merge_deltas` / `ties_merge`.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from gtr_turbo_jax.rl._checks import check_choice, check_range
+
+PyTree = Any
+MERGE_METHODS = ("ties", "linear")
+LORA_MERGE_MODES = ("dense", "factored")
+
+
+def ema_merge(teacher: PyTree, policy: PyTree, alpha: float) -> PyTree:
+    """`alpha * policy + (1 - alpha) * teacher`, leaf by leaf, in the teacher's dtypes."""
+    check_range("alpha", alpha, 0.0, 1.0)
+    return jax.tree.map(
+        lambda t, p: (alpha * p.astype(jnp.float32) + (1.0 - alpha) * t.astype(jnp.float32)).astype(
+            t.dtype
+        ),
+        teacher,
+        policy,
+    )
+
+
+def sma_weights(valid: jax.Array) -> jax.Array:
+    """Equal weights over the filled slots of the snapshot buffer (all zero while it is empty)."""
+    chex.assert_rank(valid, 1)
+    valid = valid.astype(jnp.float32)
+    return valid / jnp.maximum(jnp.sum(valid), 1.0)
+
+
+def push_snapshot(
+    snapshots: PyTree, valid: jax.Array, count: jax.Array, snapshot: PyTree
+) -> tuple[PyTree, jax.Array]:
+    """Writes `snapshot` into slot `count % S` of the ring buffer (overwriting the oldest when full).
+
+    `count` is the number of snapshots pushed so far; the caller increments it. Start from a
+    zero-filled stack: empty slots get weight 0, and 0 * NaN would still poison a merge.
+    """
+    chex.assert_rank(valid, 1)
+    slot = jnp.asarray(count) % valid.shape[0]
+    snapshots = jax.tree.map(
+        lambda stack, x: jnp.asarray(stack).at[slot].set(jnp.asarray(x, stack.dtype)),
+        snapshots,
+        snapshot,
+    )
+    return snapshots, jnp.asarray(valid).at[slot].set(True)
+
+
+def linear_merge(deltas: PyTree, weights: jax.Array) -> PyTree:
+    """`sum_i w_i * delta_i` per leaf (weights used as given: SMA weights sum to 1)."""
+    chex.assert_rank(weights, 1)
+    weights = weights.astype(jnp.float32)
+    return jax.tree.map(
+        lambda stack: jnp.tensordot(weights, stack.astype(jnp.float32), axes=1).astype(stack.dtype),
+        deltas,
+    )
+
+
+def _trim_count(density: float, size: int, peft_compat: bool) -> int:
+    if peft_compat:  # PEFT: int(density * numel), which can be 0 (then everything is trimmed)
+        return int(density * size)
+    # round() first: 0.8 * 10 is 8.000000000000002 in floating point, and ceil of that would be 9.
+    return max(1, math.ceil(round(float(density) * size, 9)))
+
+
+# jit: one compiled program per leaf shape, also when called eagerly (inlined inside an outer jit).
+@partial(jax.jit, static_argnames=("density", "scale", "peft_compat"))
+def _ties_leaf(
+    stack: jax.Array, weights: jax.Array, density: float, scale: float, peft_compat: bool
+) -> jax.Array:
+    num_snapshots = stack.shape[0]
+    flat = stack.reshape(num_snapshots, -1).astype(jnp.float32)
+    size = flat.shape[1]
+    keep = _trim_count(density, size, peft_compat)
+    # 1. Trim: per snapshot, keep entries at or above the k-th largest magnitude.
+    magnitude = jnp.abs(flat)
+    if keep == 0:
+        trimmed = jnp.zeros_like(flat)
+    else:
+        kth_largest = jnp.sort(magnitude, axis=1)[:, size - keep]
+        trimmed = jnp.where(magnitude >= kth_largest[:, None], flat, 0.0)
+    # 2. Elect a sign per entry from the weighted sum (PEFT: the unweighted sum), 0 counting as +.
+    weighted = weights[:, None] * trimmed
+    elected_sign = jnp.where(jnp.sum(trimmed if peft_compat else weighted, axis=0) >= 0, 1.0, -1.0)
+    # 3. Disjoint mean over the snapshots whose non-zero entry has the elected sign: normalised by
+    # their weights (PEFT: by their count, so the result shrinks with the weights).
+    agrees = (trimmed != 0) & (jnp.sign(trimmed) == elected_sign)
+    total = jnp.sum(jnp.where(agrees, weighted, 0.0), axis=0)
+    if peft_compat:
+        norm = jnp.sum(agrees, axis=0).astype(jnp.float32)
+    else:
+        norm = jnp.sum(jnp.where(agrees, weights[:, None], 0.0), axis=0)
+    merged = jnp.where(norm > 0, total / jnp.where(norm > 0, norm, 1.0), 0.0)
+    return (scale * merged).reshape(stack.shape[1:]).astype(stack.dtype)
+
+
+def ties_merge(
+    deltas: PyTree,
+    weights: jax.Array,
+    density: float,
+    scale: float = 1.0,
+    *,
+    peft_compat: bool = False,
+) -> PyTree:
+    """TIES merge (trim, elect sign, disjoint mean) of each leaf's `[S, ...]` stack -> `[...]`.
+
+    Per leaf and snapshot, trimming keeps the entries whose magnitude is at or above the k-th largest,
+    `k = ceil(density * size)`; the elected sign is that of `sum_i w_i * trimmed_i` (0 counts as +);
+    the result is `scale * sum_i w_i trimmed_i agree_i / sum_i w_i agree_i`, with `agree_i` marking
+    the non-zero entries of the elected sign, and 0 where no snapshot (of positive weight) agrees.
+    Weights are non-negative and need not sum to 1; empty buffer slots get weight 0.
+
+    `peft_compat=True` follows PEFT's `ties` (what the authors' code ran): `k = int(density * size)`,
+    the sign of the unweighted sum, and `sum_i w_i trimmed_i agree_i / max(sum_i agree_i, 1)`.
+    (Entries tied with the k-th largest magnitude are all kept; PEFT's top-k keeps exactly k.)
+    """
+    chex.assert_rank(weights, 1)
+    check_range("density", density, 0.0, 1.0, low_open=True)
+    check_range("scale", scale, 0.0, float("inf"))
+    weights = weights.astype(jnp.float32)
+
+    def merge_leaf(stack: jax.Array) -> jax.Array:
+        chex.assert_axis_dimension(stack, 0, weights.shape[0])
+        return _ties_leaf(stack, weights, float(density), float(scale), bool(peft_compat))
+
+    return jax.tree.map(merge_leaf, deltas)
+
+
+def merge_deltas(
+    deltas: PyTree,
+    weights: jax.Array,
+    method: str = "ties",
+    density: float = 0.8,
+    scale: float = 1.0,
+    *,
+    peft_compat: bool = False,
+) -> PyTree:
+    """`ties_merge` or the plain weighted sum (`linear`, TIES's ablation baseline), times `scale`."""
+    check_choice("method", method, MERGE_METHODS)
+    if method == "ties":
+        return ties_merge(deltas, weights, density, scale, peft_compat=peft_compat)
+    check_range("scale", scale, 0.0, float("inf"))
+    return jax.tree.map(
+        lambda leaf: (scale * leaf).astype(leaf.dtype), linear_merge(deltas, weights)
+    )
+
+
+def lora_product(lora_a: PyTree, lora_b: PyTree, scaling: float) -> PyTree:
+    """Dense LoRA deltas `a @ b * scaling` leaf by leaf (`[..., in, r] x [..., r, out]`, leading axes
+    such as the snapshot axis broadcast)."""
+    return jax.tree.map(
+        lambda a, b: (scaling * jnp.matmul(a.astype(jnp.float32), b.astype(jnp.float32))).astype(
+            a.dtype
+        ),
+        lora_a,
+        lora_b,
+    )
+
+
+def merge_lora(
+    lora_a: PyTree,
+    lora_b: PyTree,
+    weights: jax.Array,
+    *,
+    mode: str = "dense",
+    scaling: float = 1.0,
+    method: str = "ties",
+    density: float = 0.8,
+    scale: float = 1.0,
+    peft_compat: bool = False,
+) -> PyTree | tuple[PyTree, PyTree]:
+    """Merges stacked LoRA snapshots `[S, in, r]`, `[S, r, out]` (same tree structure).
+
+    `mode="dense"` returns the merged dense deltas `[in, out]` (add to the base kernels);
+    `mode="factored"` returns `(a_m, b_m)`, the factors merged separately; apply them as a LoRA pair
+    with the same `scaling`. See the module docstring for the difference. With `peft_compat=True`
+    the factored mode reproduces PEFT's `add_weighted_adapter(combination_type="ties")`: each factor
+    merged by PEFT's TIES with weights `sqrt(w_i)` (PEFT uses `sqrt(w_i * scaling)` and a merged
+    scaling of 1; both TIES variants are linear in the weights, so the delta is the same).
+    """
+    check_choice("mode", mode, LORA_MERGE_MODES)
+    if mode == "dense":
+        products = lora_product(lora_a, lora_b, scaling)
+        return merge_deltas(products, weights, method, density, scale, peft_compat=peft_compat)
+    if peft_compat:
+        weights = jnp.sqrt(weights.astype(jnp.float32))
+    merged_a = merge_deltas(lora_a, weights, method, density, scale, peft_compat=peft_compat)
+    merged_b = merge_deltas(lora_b, weights, method, density, scale, peft_compat=peft_compat)
+    return merged_a, merged_b

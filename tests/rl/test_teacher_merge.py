@@ -1,0 +1,261 @@
+"""TIES / linear / EMA / SMA merges of snapshot deltas vs entry-by-entry numpy transcriptions."""
+
+import math
+from fractions import Fraction
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gtr_turbo_jax.rl import (
+    ema_merge,
+    linear_merge,
+    lora_product,
+    merge_deltas,
+    merge_lora,
+    push_snapshot,
+    sma_weights,
+    ties_merge,
+)
+
+
+def ties_reference(stack, weights, density, scale=1.0):
+    """TIES on one `[S, ...]` stack, looping over snapshots and entries."""
+    snapshots = [np.asarray(s, np.float64).ravel() for s in stack]
+    size = snapshots[0].size
+    k = math.ceil(Fraction(str(density)) * size)
+    trimmed = []
+    for snap in snapshots:
+        kth_largest = sorted(abs(x) for x in snap)[::-1][k - 1]
+        trimmed.append([x if abs(x) >= kth_largest else 0.0 for x in snap])
+    merged = []
+    for j in range(size):
+        weighted_sum = sum(w * t[j] for w, t in zip(weights, trimmed))
+        sign = 1.0 if weighted_sum >= 0 else -1.0
+        num = den = 0.0
+        for w, t in zip(weights, trimmed):
+            if t[j] != 0 and math.copysign(1.0, t[j]) == sign:
+                num += w * t[j]
+                den += w
+        merged.append(scale * num / den if den > 0 else 0.0)
+    return np.array(merged).reshape(np.shape(stack)[1:])
+
+
+def random_deltas(seed, num_snapshots=4):
+    rng = np.random.default_rng(seed)
+    return {
+        "kernel": rng.normal(size=(num_snapshots, 6, 5)).astype(np.float32),
+        "bias": rng.normal(size=(num_snapshots, 7)).astype(np.float32),
+        "scalar": rng.normal(size=(num_snapshots,)).astype(np.float32),
+    }
+
+
+@pytest.mark.parametrize(("seed", "density"), [(0, 0.8), (1, 0.5), (2, 1.0), (3, 0.1)])
+def test_ties_matches_reference(seed, density):
+    deltas = random_deltas(seed)
+    weights = np.random.default_rng(seed).uniform(0.1, 1.0, size=4).astype(np.float32)
+    merged = ties_merge(deltas, weights, density, scale=1.3)
+    for name, stack in deltas.items():
+        expected = ties_reference(stack, weights, density, 1.3)
+        np.testing.assert_allclose(merged[name], expected, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_ties_hand_worked_example():
+    # Three snapshots of four entries, equal weights, density 0.5 (keep the top 2 per snapshot).
+    stack = np.array(
+        [[3.0, -1.0, 2.0, 0.5], [-4.0, 1.0, 0.1, 2.0], [1.0, -2.0, -3.0, 0.2]], np.float32
+    )
+    # trimmed:       [3, 0, 2, 0],           [-4, 0, 0, 2],          [0, -2, -3, 0]
+    # weighted sums: [-1, -2, -1, 2] -> elected signs [-, -, -, +]
+    # disjoint means: [-4, -2, -3, 2]
+    merged = ties_merge(stack, np.ones(3, np.float32), density=0.5)
+    np.testing.assert_allclose(merged, [-4.0, -2.0, -3.0, 2.0])
+
+
+def test_ties_trims_exactly_ceil_density_times_size():
+    # Distinct magnitudes 1..10; density 0.8 keeps 8 entries (0.8 * 10 is 8.000000000000002 in
+    # floating point: the trim count must not become 9).
+    stack = np.arange(1.0, 11.0, dtype=np.float32)[None]
+    merged = np.asarray(ties_merge(stack, np.ones(1, np.float32), density=0.8))
+    np.testing.assert_array_equal(merged, [0, 0] + list(range(3, 11)))
+    merged = np.asarray(ties_merge(stack, np.ones(1, np.float32), density=0.25))  # ceil(2.5) = 3
+    np.testing.assert_array_equal(merged, [0] * 7 + [8, 9, 10])
+
+
+def test_ties_density_one_is_the_sign_aware_weighted_mean():
+    deltas = random_deltas(4)["kernel"]
+    weights = np.array([0.1, 0.2, 0.3, 0.4], np.float32)
+    merged = np.asarray(ties_merge(deltas, weights, density=1.0))
+    elected = np.sign(np.einsum("s,sij->ij", weights, deltas))
+    agree = np.sign(deltas) == elected
+    expected = np.einsum("s,sij->ij", weights, deltas * agree) / np.einsum(
+        "s,sij->ij", weights, agree
+    )
+    np.testing.assert_allclose(merged, expected, rtol=1e-5, atol=1e-6)
+    # Where every snapshot has the same sign, that is the weighted mean itself.
+    same_sign = np.all(agree, axis=0)
+    assert same_sign.any()
+    weighted_mean = np.einsum("s,sij->ij", weights / weights.sum(), deltas)
+    np.testing.assert_allclose(merged[same_sign], weighted_mean[same_sign], rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["ties", "linear"])
+def test_merging_identical_snapshots_is_the_identity(method):
+    snapshot = random_deltas(5, num_snapshots=1)
+    identical = jax.tree.map(lambda x: np.repeat(x, 3, axis=0), snapshot)
+    merged = merge_deltas(identical, sma_weights(np.ones(3, bool)), method=method, density=1.0)
+    for name in snapshot:
+        np.testing.assert_allclose(merged[name], snapshot[name][0], rtol=1e-6, err_msg=name)
+
+
+def test_ties_ignores_empty_slots_of_the_ring_buffer():
+    deltas = random_deltas(6, num_snapshots=5)
+    valid = np.array([True, False, True, True, False])
+    merged = ties_merge(deltas, sma_weights(valid), density=0.8)
+    only_valid = ties_merge(
+        jax.tree.map(lambda x: x[valid], deltas), sma_weights(valid[valid]), 0.8
+    )
+    for name in deltas:
+        np.testing.assert_allclose(merged[name], only_valid[name], rtol=1e-6, err_msg=name)
+    empty = ties_merge(deltas, sma_weights(np.zeros(5, bool)), density=0.8)
+    for leaf in jax.tree.leaves(empty):  # before the first merge the teacher is the start model
+        np.testing.assert_array_equal(leaf, np.zeros_like(leaf))
+
+
+def test_ties_keeps_leaf_dtypes():
+    deltas = {"w": jnp.asarray(random_deltas(7)["kernel"], jnp.bfloat16)}
+    merged = ties_merge(deltas, jnp.ones(4), density=0.8)
+    assert merged["w"].dtype == jnp.bfloat16 and merged["w"].shape == (6, 5)
+
+
+def test_linear_merge_and_sma_weights():
+    deltas = random_deltas(8)
+    valid = np.array([True, True, False, True])
+    weights = np.asarray(sma_weights(valid))
+    np.testing.assert_allclose(weights, [1 / 3, 1 / 3, 0, 1 / 3], rtol=1e-6)
+    merged = linear_merge(deltas, weights)
+    for name, stack in deltas.items():
+        expected = sum(stack[i] for i in range(4) if valid[i]) / 3
+        np.testing.assert_allclose(merged[name], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_push_snapshot_fills_the_ring_buffer_then_overwrites_the_oldest():
+    snapshots, valid = {"w": np.zeros((3, 2), np.float32)}, np.zeros(3, bool)
+    push = jax.jit(push_snapshot)  # count traced: one compilation for all five pushes
+    for count in range(5):
+        snapshots, valid = push(snapshots, valid, count, {"w": np.full(2, count + 1.0)})
+        if count == 1:
+            np.testing.assert_array_equal(valid, [True, True, False])
+    np.testing.assert_array_equal(valid, [True, True, True])
+    np.testing.assert_array_equal(snapshots["w"][:, 0], [4.0, 5.0, 3.0])
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, 0.5, 0.3])
+def test_ema_merge(alpha):
+    rng = np.random.default_rng(9)
+    teacher = {
+        "a": rng.normal(size=(3, 2)).astype(np.float32),
+        "b": rng.normal(size=4).astype(np.float32),
+    }
+    policy = {
+        "a": rng.normal(size=(3, 2)).astype(np.float32),
+        "b": rng.normal(size=4).astype(np.float32),
+    }
+    merged = ema_merge(teacher, policy, alpha)
+    for name in teacher:
+        expected = alpha * policy[name] + (1 - alpha) * teacher[name]
+        np.testing.assert_allclose(merged[name], expected, rtol=1e-6, err_msg=name)
+    if alpha in (0.0, 1.0):  # exact, not approximately
+        source = policy if alpha == 1.0 else teacher
+        for name in teacher:
+            np.testing.assert_array_equal(merged[name], source[name])
+
+
+def test_merge_lora_dense_merges_the_products_and_factored_the_factors():
+    rng = np.random.default_rng(10)
+    lora_a = {"q": rng.normal(size=(3, 5, 2)).astype(np.float32)}
+    lora_b = {"q": rng.normal(size=(3, 2, 4)).astype(np.float32)}
+    weights = sma_weights(np.ones(3, bool))
+    products = np.stack([lora_a["q"][i] @ lora_b["q"][i] * 2.0 for i in range(3)])
+    np.testing.assert_allclose(lora_product(lora_a, lora_b, 2.0)["q"], products, rtol=1e-5)
+
+    dense = merge_lora(lora_a, lora_b, weights, mode="dense", scaling=2.0, density=0.8)
+    np.testing.assert_allclose(
+        dense["q"], ties_reference(products, weights, 0.8), rtol=1e-5, atol=1e-6
+    )
+
+    merged_a, merged_b = merge_lora(
+        lora_a, lora_b, weights, mode="factored", scaling=2.0, density=0.8
+    )
+    np.testing.assert_allclose(merged_a["q"], ties_reference(lora_a["q"], weights, 0.8), rtol=1e-5)
+    np.testing.assert_allclose(merged_b["q"], ties_reference(lora_b["q"], weights, 0.8), rtol=1e-5)
+    assert merged_a["q"].shape == (5, 2) and merged_b["q"].shape == (2, 4)
+
+
+def ties_peft_reference(stack, weights, density):
+    """PEFT's `ties` (magnitude prune to int(density * n), unweighted sign, count-normalised)."""
+    snapshots = [np.asarray(s, np.float64).ravel() for s in stack]
+    size = snapshots[0].size
+    keep = size if density >= 1 else int(density * size)
+    trimmed = []
+    for snap in snapshots:
+        order = sorted(range(size), key=lambda j: -abs(snap[j]))[:keep]
+        trimmed.append([snap[j] if j in order else 0.0 for j in range(size)])
+    merged = []
+    for j in range(size):
+        sign = 1.0 if sum(t[j] for t in trimmed) >= 0 else -1.0
+        agreeing = [
+            (w, t[j]) for w, t in zip(weights, trimmed) if t[j] != 0 and np.sign(t[j]) == sign
+        ]
+        merged.append(sum(w * x for w, x in agreeing) / max(len(agreeing), 1))
+    return np.array(merged).reshape(np.shape(stack)[1:])
+
+
+@pytest.mark.parametrize("density", [0.8, 0.5, 1.0, 0.05])
+def test_ties_peft_compat_matches_peft_semantics(density):
+    deltas = random_deltas(12)
+    weights = np.array([0.1, 0.5, 0.2, 0.2], np.float32)
+    merged = ties_merge(deltas, weights, density, peft_compat=True)
+    for (
+        name,
+        stack,
+    ) in deltas.items():  # "scalar" (size 1) at density 0.5: int(0.5) = 0, all trimmed
+        expected = ties_peft_reference(stack, weights, density)
+        np.testing.assert_allclose(merged[name], expected, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_factored_peft_compat_reproduces_peft_weighted_adapter():
+    rng = np.random.default_rng(13)
+    lora_a = {"q": rng.normal(size=(4, 6, 3)).astype(np.float32)}
+    lora_b = {"q": rng.normal(size=(4, 3, 5)).astype(np.float32)}
+    weights, scaling = np.full(4, 0.25, np.float32), 2.0
+    # PEFT: factor weights sqrt(w * scaling), merged adapter applied with scaling 1.
+    factor_weights = np.sqrt(weights * scaling)
+    peft_delta = ties_peft_reference(lora_a["q"], factor_weights, 0.8) @ ties_peft_reference(
+        lora_b["q"], factor_weights, 0.8
+    )
+    merged_a, merged_b = merge_lora(
+        lora_a, lora_b, weights, mode="factored", scaling=scaling, density=0.8, peft_compat=True
+    )
+    ours = np.asarray(merged_a["q"]) @ np.asarray(merged_b["q"]) * scaling
+    np.testing.assert_allclose(ours, peft_delta, rtol=1e-4, atol=1e-5)
+    # The factored teacher is much smaller than the dense merge of the products (METHOD.md 4.1).
+    dense = merge_lora(lora_a, lora_b, weights, mode="dense", scaling=scaling, density=0.8)
+    assert np.linalg.norm(ours) < 0.5 * np.linalg.norm(np.asarray(dense["q"]))
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda d, w: ties_merge(d, w, density=0.0), r"density=0.0 is out of range: .* \(0, 1\]"),
+        (lambda d, w: ties_merge(d, w, density=1.5), r"density=1.5 is out of range"),
+        (lambda d, w: ema_merge(d, d, alpha=1.1), r"alpha=1.1 is out of range: .* \[0, 1\]"),
+        (lambda d, w: ema_merge(d, d, alpha=-0.5), r"alpha=-0.5 is out of range"),
+        (lambda d, w: merge_deltas(d, w, method="dare"), r"method='dare' is not supported"),
+        (lambda d, w: merge_lora(d, d, w, mode="sparse"), r"mode='sparse' is not supported"),
+    ],
+)
+def test_merges_reject_bad_config(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(random_deltas(11), np.ones(4, np.float32))
