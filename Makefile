@@ -38,9 +38,10 @@ test-slow:
 test-all:
 	$(PY) -m pytest -q
 
+LINT_PATHS = $(wildcard gtr_turbo_jax tests experiments configs)
 lint:
-	$(PY) -m ruff check gtr_turbo_jax tests experiments configs
-	$(PY) -m ruff format --check gtr_turbo_jax tests experiments configs
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m ruff format --check $(LINT_PATHS)
 
 bench-envs:
 	$(PY) experiments/bench/envs.py $(ARGS)

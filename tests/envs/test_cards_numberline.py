@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from card_play import play, rewards
 
 from gtr_turbo_jax.envs.cards import NumberLine
 from gtr_turbo_jax.envs.cards.numberline import NumberLineState
@@ -19,24 +20,6 @@ def numberline():
 @pytest.fixture(scope="module")
 def batched_reset(numberline):
     return jax.jit(jax.vmap(numberline.reset, in_axes=(0, None)))
-
-
-def play(env, state, actions, params=None):
-    """Step through `actions` with the public (auto-resetting) `step`; one row per step:
-    (reward, terminated, truncated, observation before any reset)."""
-    params = env.default_params if params is None else params
-    rows = []
-    for i, action in enumerate(actions):
-        _, state, reward, terminated, truncated, info = env.step(
-            jax.random.key(i), state, action, params
-        )
-        final = jax.tree.map(np.asarray, info["final_observation"])
-        rows.append((float(reward), bool(terminated), bool(truncated), final))
-    return rows
-
-
-def rewards(rows):
-    return [r for r, *_ in rows]
 
 
 def line_state(target, current):
