@@ -1,0 +1,184 @@
+"""Rollout benchmark.
+
+    python experiments/bench/rollout.py [--quick]
+
+- generate: tokens/s of our jitted sampler (`rollout.sampler.sample`: prefill + KV-cache decode in
+  one compiled call) against transformers' PyTorch `generate`, on the same random `tiny`
+  checkpoint (written with `models.testing`, loaded by `Qwen2_5_VLForConditionalGeneration`), the
+  same batch of image prompts, prompt length and number of new tokens, and the paper's sampling
+  settings (`do_sample=True`, temperature 0.2, top-k 5, repetition penalty 1.2). No EOS on either
+  side, so both write exactly `max_new_tokens` per row. Runs alternate after a warm-up; medians
+  of the repeats; our compile time is reported apart. PyTorch runs with one intra-op thread by
+  default: on this tiny model its threads only add synchronisation, and on a loaded 2-core machine
+  two threads made `generate` 3-25x slower than one (measured while writing this), so one thread is
+  the peer's best setting (`--torch-threads N` to change it).
+- rollout: env-steps/s of the compiled multi-turn rollout against the host-driven one. The
+  multi-turn rollout is not written yet: `compiled_vs_host` is null until it is (see
+  `bench_multi_turn`).
+The last line is one JSON object: {"bench": "rollout", "generate_vs_hf": ..., "compiled_vs_host":
+...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_GRID = (1, 12, 12)  # a 168x168 image (Sokoban 6x6 at 28 px): 144 patches, 36 tokens
+TEMPERATURE, TOP_K, REPETITION_PENALTY = 0.2, 5, 1.2
+
+
+def _prompts(config, batch: int, prompt_length: int, seed: int = 0):
+    """Image prompts `[batch, prompt_length]` (no padding) and their patches."""
+    rng = np.random.default_rng(seed)
+    n_image = int(np.prod(IMAGE_GRID)) // config.vision.spatial_merge_size**2
+    head = [1, config.vision_start_token_id] + [config.image_token_id] * n_image
+    head += [config.vision_end_token_id]
+    text = rng.integers(8, config.text.vocab_size, (batch, prompt_length - len(head)))
+    ids = np.concatenate([np.tile(head, (batch, 1)), text], axis=1).astype(np.int32)
+    patches = rng.standard_normal((batch, int(np.prod(IMAGE_GRID)), config.vision.patch_dim))
+    return ids, patches.astype(np.float32)
+
+
+def bench_generate(quick: bool, workdir: Path, torch_threads: int) -> dict:
+    import jax
+    import torch
+    from flax import nnx
+    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
+
+    from gtr_turbo_jax.models import from_pretrained, get_config
+    from gtr_turbo_jax.models.testing import write_random_checkpoint
+    from gtr_turbo_jax.rollout.sampler import SamplingConfig, sample
+
+    torch.set_num_threads(torch_threads)
+    config = get_config("tiny")
+    path = write_random_checkpoint(workdir / "tiny", config, seed=0)
+    graphdef, params = nnx.split(from_pretrained(path))
+    theirs = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        path, dtype=torch.float32, attn_implementation="sdpa"
+    ).eval()
+
+    batch, prompt_length = 4, 64
+    max_new = 32 if quick else 64
+    repeats = 5
+    ids, patches = _prompts(config, batch, prompt_length)
+    mask = np.ones_like(ids)
+
+    sampling = SamplingConfig(
+        max_new_tokens=max_new,
+        temperature=TEMPERATURE,
+        top_k=TOP_K,
+        repetition_penalty=REPETITION_PENALTY,
+        eos_ids=(),
+    )
+    j_ids, j_mask, j_patches = (jax.device_put(x) for x in (ids, mask, patches))
+    keys = [jax.random.key(i) for i in range(repeats + 1)]
+
+    def run_ours(i: int) -> float:
+        start = time.perf_counter()
+        out = sample(graphdef, params, j_ids, j_mask, j_patches, keys[i], sampling, IMAGE_GRID)
+        jax.block_until_ready(out)
+        elapsed = time.perf_counter() - start
+        if int(out.lengths.sum()) != batch * max_new:
+            raise RuntimeError(f"our sampler wrote {out.lengths} tokens, expected {max_new} each")
+        return elapsed
+
+    generation = GenerationConfig(
+        do_sample=True,
+        temperature=TEMPERATURE,
+        top_k=TOP_K,
+        top_p=1.0,
+        repetition_penalty=REPETITION_PENALTY,
+        max_new_tokens=max_new,
+        min_new_tokens=max_new,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    t_inputs = dict(
+        input_ids=torch.tensor(ids, dtype=torch.long),
+        attention_mask=torch.tensor(mask, dtype=torch.long),
+        pixel_values=torch.tensor(patches.reshape(-1, patches.shape[-1])),
+        image_grid_thw=torch.tensor(np.stack([IMAGE_GRID] * batch)),
+        mm_token_type_ids=torch.tensor((ids == config.image_token_id).astype(np.int64)),
+    )
+
+    def run_theirs(i: int) -> float:
+        torch.manual_seed(i)
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = theirs.generate(**t_inputs, generation_config=generation)
+        elapsed = time.perf_counter() - start
+        if out.shape != (batch, prompt_length + max_new):
+            raise RuntimeError(f"transformers generated shape {tuple(out.shape)}")
+        return elapsed
+
+    ours_compile = run_ours(0)  # compile + first run
+    theirs_warmup = run_theirs(0)
+    ours_t, theirs_t = [], []
+    for i in range(1, repeats + 1):
+        ours_t.append(run_ours(i))
+        theirs_t.append(run_theirs(i))
+    tokens = batch * max_new
+    ours_rate = tokens / statistics.median(ours_t)
+    theirs_rate = tokens / statistics.median(theirs_t)
+    return {
+        "batch": batch,
+        "prompt_tokens": prompt_length,
+        "max_new_tokens": max_new,
+        "repeats": repeats,
+        "torch_threads": torch_threads,
+        "generate_ours_tok_s": ours_rate,
+        "generate_hf_tok_s": theirs_rate,
+        "generate_ours_compile_s": ours_compile,
+        "generate_hf_warmup_s": theirs_warmup,
+        "generate_vs_hf": ours_rate / theirs_rate,
+    }
+
+
+def bench_multi_turn(quick: bool) -> dict:
+    """Env-steps/s of the compiled multi-turn rollout vs the host-driven one on the same env.
+
+    Placeholder until `gtr_turbo_jax/rollout` has the multi-turn rollout: it then measures both
+    here (alternating, median of 5, compile excluded) and returns their ratio.
+    """
+    del quick
+    return {"compiled_vs_host": None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="shorter replies (< 1 min on 2 cores)")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="PyTorch intra-op threads (default 1: fastest for the tiny model, see the docstring)",
+    )
+    args = parser.parse_args()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        results = {
+            **bench_generate(args.quick, Path(tmp), args.torch_threads),
+            **bench_multi_turn(args.quick),
+        }
+    for key, value in results.items():
+        print(f"{key:>28}: {value:.3f}" if isinstance(value, float) else f"{key:>28}: {value}")
+    summary = {
+        "bench": "rollout",
+        "quick": args.quick,
+        "generate_vs_hf": round(results.pop("generate_vs_hf"), 3),
+        "compiled_vs_host": results.pop("compiled_vs_host"),
+        **{k: round(v, 3) if isinstance(v, float) else v for k, v in results.items()},
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

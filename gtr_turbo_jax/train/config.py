@@ -1,0 +1,173 @@
+"""`UpdateConfig`: the static settings of one update (hashable: a `jax.jit` static argument).
+
+Defaults are the paper's (METHOD.md sections 2-4). Values are checked in Python when the config is
+built, each failure one ValueError line naming the field and what is accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+
+import jax
+import jax.numpy as jnp
+import optax
+
+MODES = ("ppo", "gtr", "turbo_sft", "turbo_kl")
+MERGE_METHODS = ("ties", "linear", "ema")
+KL_ESTIMATORS = ("k1_clipped", "k1", "abs", "k3")
+KL_SCOPES = ("thought", "thought_action")
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateConfig:
+    """mode: `ppo` (RL4VLM), `gtr` (PPO + SFT on corrections that arrive in the batch),
+    `turbo_sft` (the same with the merged teacher's replies), `turbo_kl` (PPO with the thought KL to
+    the merged teacher in the advantage).
+
+    PPO: `ppo_epochs` passes over the batch; each pass is split into optimizer steps of
+    `minibatch_size * grad_accum_steps` samples, whose gradients are averaged over
+    `grad_accum_steps` micro-batches of `minibatch_size` (the paper: 128 samples per optimizer step).
+    The learning rate follows a cosine from `learning_rate` to `final_learning_rate` over
+    `lr_decay_updates` updates, constant within an update (as RL4VLM's per-update scheduler).
+
+    Merge (turbo modes): every `merge_interval` updates the teacher becomes `theta_0 + merge(tau)`
+    over the snapshot ring buffer (`ties` or `linear`, both with SMA weights over the filled slots),
+    or `alpha * policy + (1 - alpha) * teacher` (`ema`). Snapshots are taken after every epoch.
+    """
+
+    mode: str = "turbo_kl"
+    gamma: float = 0.9
+    gae_lambda: float = 0.95
+    thought_lambda: float = 0.5
+    clip_eps: float = 0.1
+    value_clip_eps: float | None = 0.1
+    value_coef: float = 0.5
+    ratio_guard: float | None = None
+    ppo_epochs: int = 4
+    minibatch_size: int = 16
+    grad_accum_steps: int = 8
+    learning_rate: float = 1e-5
+    final_learning_rate: float = 1e-9
+    lr_decay_updates: int = 25
+    adam_eps: float = 1e-7
+    grad_clip: float = 0.01
+    temperature: float = 1.0  # of the PPO log-probs: the sampler's temperature (its logp_raw)
+    advantage_eps: float = 1e-5
+    kl_estimator: str = "k1_clipped"
+    kl_clip: float = 10.0
+    kl_beta: float = 1.0
+    kl_invalid_value: float = 100.0
+    kl_scope: str = "thought"
+    sft_coef: float = 1.0
+    merge_method: str = "ties"
+    merge_density: float = 0.8
+    merge_scale: float = 1.0
+    ema_alpha: float = 0.5
+    merge_interval: int = 1
+    snapshot_capacity: int = 16
+    dagger_capacity: int = 1024
+
+    def __post_init__(self) -> None:
+        _choice("mode", self.mode, MODES)
+        _choice("merge_method", self.merge_method, MERGE_METHODS)
+        _choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+        _choice("kl_scope", self.kl_scope, KL_SCOPES)
+        inf = math.inf
+        for name, low, high, low_open in (
+            ("gamma", 0.0, 1.0, False),
+            ("gae_lambda", 0.0, 1.0, False),
+            ("thought_lambda", 0.0, 1.0, False),
+            ("clip_eps", 0.0, inf, True),
+            ("value_coef", 0.0, inf, False),
+            ("learning_rate", 0.0, inf, True),
+            ("final_learning_rate", 0.0, inf, False),
+            ("adam_eps", 0.0, inf, True),
+            ("grad_clip", 0.0, inf, True),
+            ("temperature", 0.0, inf, True),
+            ("advantage_eps", 0.0, inf, True),
+            ("kl_clip", 0.0, inf, True),
+            ("kl_beta", 0.0, inf, False),
+            ("kl_invalid_value", 0.0, inf, False),
+            ("sft_coef", 0.0, inf, False),
+            ("merge_density", 0.0, 1.0, True),
+            ("merge_scale", 0.0, inf, False),
+            ("ema_alpha", 0.0, 1.0, False),
+        ):
+            _in_range(name, getattr(self, name), low, high, low_open)
+        if self.value_clip_eps is not None:
+            _in_range("value_clip_eps", self.value_clip_eps, 0.0, inf, True)
+        if self.ratio_guard is not None:
+            _in_range("ratio_guard", self.ratio_guard, 1.0, inf, True)
+        for name in (
+            "ppo_epochs",
+            "minibatch_size",
+            "grad_accum_steps",
+            "lr_decay_updates",
+            "merge_interval",
+            "snapshot_capacity",
+            "dagger_capacity",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"UpdateConfig.{name}={value!r} is out of range: expected an int >= 1"
+                )
+        if self.final_learning_rate > self.learning_rate:
+            raise ValueError(
+                f"UpdateConfig.final_learning_rate={self.final_learning_rate!r} is out of range: "
+                f"expected a value <= learning_rate={self.learning_rate!r}"
+            )
+
+    @property
+    def samples_per_step(self) -> int:
+        """Samples behind one optimizer step."""
+        return self.minibatch_size * self.grad_accum_steps
+
+    @property
+    def uses_teacher(self) -> bool:
+        """The merged teacher (snapshots, merges) exists in the turbo modes only."""
+        return self.mode in ("turbo_sft", "turbo_kl")
+
+    @property
+    def uses_sft(self) -> bool:
+        return self.mode in ("gtr", "turbo_sft")
+
+    def replace(self, **changes: object) -> UpdateConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def learning_rate_at(config: UpdateConfig, update: jax.Array) -> jax.Array:
+    """The learning rate of update number `update` (0-based): cosine, then flat at the end."""
+    progress = jnp.minimum(update.astype(jnp.float32) / config.lr_decay_updates, 1.0)
+    cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    return config.final_learning_rate + (config.learning_rate - config.final_learning_rate) * cosine
+
+
+def make_optimizer(config: UpdateConfig) -> optax.GradientTransformation:
+    """Global-norm clip, then Adam whose learning rate the update step sets (`inject_hyperparams`)."""
+    return optax.chain(
+        optax.clip_by_global_norm(config.grad_clip),
+        optax.inject_hyperparams(optax.adam)(
+            learning_rate=config.learning_rate, eps=config.adam_eps
+        ),
+    )
+
+
+def _choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(
+            f"UpdateConfig.{name}={value!r} is not supported: expected one of {', '.join(choices)}"
+        )
+
+
+def _in_range(name: str, value: object, low: float, high: float, low_open: bool) -> None:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value
+    if ok:
+        ok = (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+        raise ValueError(
+            f"UpdateConfig.{name}={value!r} is out of range: expected a value in {interval}"
+        )

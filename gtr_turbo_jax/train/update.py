@@ -1,0 +1,339 @@
+"""The one compiled update: `update_step(state, batch, defs, config) -> (state, metrics)`.
+
+In order, all inside one `jax.jit` (state donated; `defs` and `config` static):
+1. flatten `[turns, envs]` to samples; re-score every reply with the policy under its own prompt
+   and image (no dropout, no gradient): old per-token log-probs, values, thought entropy;
+2. `turbo_kl`: the teacher (same base, teacher adapters) scores the same replies; `rl.thought_kl`
+   at temperature 1 on the thought tokens;
+3. turn-level GAE on `[turns, envs]`; shaped advantages `A + format - beta * KL` (KL = 0 outside
+   `turbo_kl`: the format reward is shaping added after GAE in every mode, so the value target
+   `A' + V` includes it, as the paper does for the KL variant); then normalised;
+4. SFT variants: the batch's labelled teacher replies are appended to the DAgger ring buffer;
+5. PPO epochs (`lax.scan`), optimizer steps over a permutation (`lax.scan`), gradient accumulation
+   over micro-batches (`lax.scan`); each micro-batch pairs one-to-one with uniform draws from the
+   DAgger buffer (SFT variants). A step whose gradient is not finite is skipped;
+6. turbo modes: a snapshot of the task vector after every epoch; every `merge_interval` updates the
+   teacher is re-merged (`lax.cond`: merge and no-merge updates are one program).
+
+The learning rate is set from `state.update_count` (cosine over updates). Metrics are scalars in a
+dict; `finite` is 1.0 when every loss and gradient of the update was finite.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from gtr_turbo_jax import rl
+from gtr_turbo_jax.rollout.batch import Batch
+from gtr_turbo_jax.train.config import UpdateConfig, learning_rate_at, make_optimizer
+from gtr_turbo_jax.train.scoring import score_replies
+from gtr_turbo_jax.train.state import DaggerBuffer, ModelDefs, TrainState
+
+Metrics = dict[str, jax.Array]
+PyTree = Any
+
+
+def check_compatible(state: TrainState, batch: Batch, config: UpdateConfig) -> None:
+    """Static shape checks between batch, state and config: one ValueError line each."""
+    batch.check_shapes()
+    samples, per_step = batch.num_samples, config.samples_per_step
+    if samples % per_step:
+        raise ValueError(
+            f"the batch holds turns*envs={samples} samples, not a multiple of "
+            f"minibatch_size*grad_accum_steps={per_step}"
+        )
+    if config.uses_sft:
+        dagger = state.dagger
+        for name, buffer_field, batch_field in (
+            ("prompt_ids", dagger.prompt_ids, batch.prompt_ids),
+            ("image_patches", dagger.image_patches, batch.image_patches),
+            ("teacher_ids", dagger.reply_ids, batch.teacher_ids),
+        ):
+            if buffer_field.shape[1:] != batch_field.shape[2:] or buffer_field.shape[0] == 0:
+                raise ValueError(
+                    f"Batch.{name} rows {tuple(batch_field.shape[2:])} do not fit the state's DAgger "
+                    f"buffer {tuple(buffer_field.shape)}: build the state with this batch's shapes "
+                    f"and mode={config.mode!r}"
+                )
+
+
+def _tree_where(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def _global_distance(a: PyTree, b: PyTree) -> jax.Array:
+    squares = jax.tree.map(lambda x, y: jnp.sum(jnp.square(x - y)), a, b)
+    return jnp.sqrt(sum(jax.tree.leaves(squares), jnp.zeros((), jnp.float32)))
+
+
+def _push_dagger(dagger: DaggerBuffer, samples: Batch) -> DaggerBuffer:
+    """Appends the samples with at least one labelled token to the ring (others are dropped)."""
+    labelled = jnp.any(samples.teacher_label_mask, axis=-1)
+    order = dagger.count + jnp.cumsum(labelled) - 1
+    slot = jnp.where(labelled, order % dagger.capacity, dagger.capacity)  # out of bounds: dropped
+    write = lambda buffer, rows: buffer.at[slot].set(rows.astype(buffer.dtype), mode="drop")
+    return DaggerBuffer(
+        prompt_ids=write(dagger.prompt_ids, samples.prompt_ids),
+        prompt_mask=write(dagger.prompt_mask, samples.prompt_mask),
+        image_patches=write(dagger.image_patches, samples.image_patches),
+        reply_ids=write(dagger.reply_ids, samples.teacher_ids),
+        label_mask=write(dagger.label_mask, samples.teacher_label_mask),
+        count=dagger.count + jnp.sum(labelled, dtype=jnp.int32),
+    )
+
+
+def _merge_teacher(state: TrainState, policy: nnx.State, config: UpdateConfig) -> nnx.State:
+    """The re-merged teacher adapters (factored: per LoRA leaf)."""
+    if config.merge_method == "ema":
+        return rl.ema_merge(state.teacher, policy, config.ema_alpha)
+    merged = rl.merge_deltas(
+        state.snapshots,
+        rl.sma_weights(state.snapshot_valid),
+        config.merge_method,
+        config.merge_density,
+        config.merge_scale,
+    )
+    return jax.tree.map(
+        lambda theta0, tau: theta0 + tau.astype(theta0.dtype), state.initial, merged
+    )
+
+
+def _update_step(
+    state: TrainState, batch: Batch, defs: ModelDefs, config: UpdateConfig
+) -> tuple[TrainState, Metrics]:
+    """One PPO / GTR / GTR-Turbo update of `state` on `batch` (see the module docstring).
+
+    `defs` and `config` are static; `state` is donated (its arrays, the modules' too if the state
+    was just built from them, are consumed). Returns `(new_state, metrics)`.
+    """
+    check_compatible(state, batch, config)
+    grid = batch.image_grid_thw
+    num_samples, micro = batch.num_samples, config.minibatch_size
+    samples = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
+    value_head = lambda params, hidden: nnx.merge(defs.value_head, params)(hidden)
+
+    def score(adapters, rows, reply_ids, reply_mask, dropout_key=None):
+        return score_replies(
+            defs.model,
+            state.base,
+            adapters,
+            rows.prompt_ids,
+            rows.prompt_mask,
+            rows.image_patches,
+            reply_ids,
+            reply_mask,
+            grid,
+            dropout_key,
+        )
+
+    # 1-2. Old log-probs, values and (turbo_kl) the teacher's log-probs, a micro-batch at a time.
+    def rescore(rows: Batch) -> dict[str, jax.Array]:
+        policy = score(state.policy, rows, rows.response_ids, rows.response_mask)
+        out = {
+            "token_logp": rl.token_logprobs(policy.logits, rows.response_ids, config.temperature),
+            "value": value_head(state.value_head, policy.prompt_hidden),
+            "entropy": rl.thought_entropy(policy.logits, rows.thought_mask),
+        }
+        if config.mode == "turbo_kl":
+            teacher = score(state.teacher, rows, rows.response_ids, rows.response_mask)
+            out["kl"] = rl.thought_kl(
+                rl.token_logprobs(policy.logits, rows.response_ids),
+                rl.token_logprobs(teacher.logits, rows.response_ids),
+                rl.kl_scope_mask(rows.thought_mask, rows.action_mask, config.kl_scope),
+                rows.valid,
+                config.kl_estimator,
+                config.kl_clip,
+                config.kl_invalid_value,
+            )
+        return out
+
+    chunked = jax.tree.map(lambda x: x.reshape(-1, micro, *x.shape[1:]), samples)
+    old = jax.lax.map(rescore, chunked)
+    old = jax.lax.stop_gradient(jax.tree.map(lambda x: x.reshape(num_samples, *x.shape[2:]), old))
+    old_logp = rl.lambda_logprob(
+        old["token_logp"], samples.thought_mask, samples.action_mask, config.thought_lambda
+    )
+    kl = old.get("kl", jnp.zeros((num_samples,), jnp.float32))
+
+    # 3. GAE on [turns, envs]; inside an episode the next observation's value is the re-scored one.
+    values = old["value"].reshape(batch.turns, batch.envs)
+    continues = ~(batch.terminated.astype(bool) | batch.truncated.astype(bool))
+    later_value = jnp.concatenate([values[1:], batch.next_value[-1:]], axis=0)
+    has_later = jnp.arange(batch.turns)[:, None] < batch.turns - 1
+    next_values = jnp.where(continues & has_later, later_value, batch.next_value)
+    advantages = rl.gae(
+        batch.reward,
+        values,
+        next_values,
+        batch.terminated,
+        batch.truncated,
+        config.gamma,
+        config.gae_lambda,
+    )
+    shaped = rl.shaped_advantages(
+        advantages.reshape(-1), samples.format_reward.astype(jnp.float32), kl, config.kl_beta
+    )
+    returns = shaped + old["value"]
+    normalized = rl.normalize_advantages(shaped, eps=config.advantage_eps)
+
+    # 4. DAgger buffer.
+    dagger = _push_dagger(state.dagger, samples) if config.uses_sft else state.dagger
+    dagger_filled = jnp.minimum(dagger.count, max(dagger.capacity, 1))
+
+    # 5. PPO.
+    optimizer = make_optimizer(config)
+    lr = learning_rate_at(config, state.update_count)
+    clip_state, adam_state = state.opt_state
+    adam_state = adam_state._replace(
+        hyperparams={**adam_state.hyperparams, "learning_rate": lr.astype(jnp.float32)}
+    )
+    opt_state = (clip_state, adam_state)
+
+    def loss_fn(trainable, index, key):
+        policy, value_params = trainable
+        rows = jax.tree.map(lambda x: x[index], samples)
+        dropout_key, sft_key, sft_dropout_key = jax.random.split(key, 3)
+        scores = score(policy, rows, rows.response_ids, rows.response_mask, dropout_key)
+        token_logp = rl.token_logprobs(scores.logits, rows.response_ids, config.temperature)
+        logp = rl.lambda_logprob(
+            token_logp, rows.thought_mask, rows.action_mask, config.thought_lambda
+        )
+        loss, metrics = rl.ppo_loss(
+            logp,
+            old_logp[index],
+            normalized[index],
+            value_head(value_params, scores.prompt_hidden),
+            old["value"][index],
+            returns[index],
+            clip_eps=config.clip_eps,
+            value_clip_eps=config.value_clip_eps,
+            value_coef=config.value_coef,
+            ratio_guard=config.ratio_guard,
+        )
+        if config.uses_sft:
+            pick = jax.random.randint(sft_key, (micro,), 0, dagger_filled)
+            pairs = dagger.rows(pick)
+            pair_rows = rows.replace(
+                prompt_ids=pairs.prompt_ids,
+                prompt_mask=pairs.prompt_mask,
+                image_patches=pairs.image_patches,
+            )
+            # The whole reply is attended (the action span too): only labels are masked, and the
+            # right padding comes after every labelled token, so causality makes it harmless.
+            reply_mask = jnp.ones_like(pairs.reply_ids)
+            sft_scores = score(policy, pair_rows, pairs.reply_ids, reply_mask, sft_dropout_key)
+            sft = rl.sft_loss(sft_scores.logits, pairs.reply_ids, pairs.label_mask)
+            sft = jnp.where(dagger.count > 0, sft, 0.0)
+            loss = loss + config.sft_coef * sft
+            metrics = {**metrics, "loss": loss, "sft_loss": sft}
+        return loss, metrics
+
+    grad_fn = jax.grad(loss_fn, has_aux=True)
+
+    def optimizer_step(carry, step):
+        trainable, opt_state = carry
+        indices, keys = step  # [accum, micro], [accum]
+
+        def accumulate(grad_sum, micro_step):
+            grads, metrics = grad_fn(trainable, *micro_step)
+            return jax.tree.map(jnp.add, grad_sum, grads), metrics
+
+        zeros = jax.tree.map(jnp.zeros_like, trainable)
+        grad_sum, metrics = jax.lax.scan(accumulate, zeros, (indices, keys))
+        grads = jax.tree.map(lambda g: g / config.grad_accum_steps, grad_sum)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(grad_norm) & jnp.all(jnp.isfinite(metrics["loss"]))
+        updates, new_opt_state = optimizer.update(grads, opt_state, trainable)
+        new_trainable = optax.apply_updates(trainable, updates)
+        # A non-finite step is skipped, not applied: the state stays usable, `finite` reports it.
+        carry = _tree_where(finite, (new_trainable, new_opt_state), (trainable, opt_state))
+        metrics = jax.tree.map(jnp.mean, metrics)
+        return carry, {**metrics, "grad_norm": grad_norm, "finite": finite.astype(jnp.float32)}
+
+    def epoch(carry, key):
+        trainable, opt_state, snapshots, snapshot_valid, snapshot_count = carry
+        order_key, step_key = jax.random.split(key)
+        indices = jax.random.permutation(order_key, num_samples)
+        indices = indices.reshape(-1, config.grad_accum_steps, micro)
+        keys = jax.random.split(step_key, indices.shape[:2])
+        (trainable, opt_state), metrics = jax.lax.scan(
+            optimizer_step, (trainable, opt_state), (indices, keys)
+        )
+        if snapshot_valid.shape[0]:
+            task_vector = jax.tree.map(jnp.subtract, trainable[0], state.initial)
+            snapshots, snapshot_valid = rl.push_snapshot(
+                snapshots, snapshot_valid, snapshot_count, task_vector
+            )
+            snapshot_count = snapshot_count + 1
+        return (trainable, opt_state, snapshots, snapshot_valid, snapshot_count), metrics
+
+    key, epochs_key = jax.random.split(state.key)
+    carry = (
+        state.trainable,
+        opt_state,
+        state.snapshots,
+        state.snapshot_valid,
+        state.snapshot_count,
+    )
+    carry, step_metrics = jax.lax.scan(
+        epoch, carry, jax.random.split(epochs_key, config.ppo_epochs)
+    )
+    (policy, value_params), opt_state, snapshots, snapshot_valid, snapshot_count = carry
+
+    # 6. Teacher merge.
+    state = state.replace(
+        snapshots=snapshots, snapshot_valid=snapshot_valid, snapshot_count=snapshot_count
+    )
+    merged_now = jnp.zeros((), bool)
+    teacher = state.teacher
+    if config.uses_teacher:
+        merged_now = (state.update_count + 1) % config.merge_interval == 0
+        teacher = jax.lax.cond(
+            merged_now, lambda: _merge_teacher(state, policy, config), lambda: state.teacher
+        )
+
+    valid = samples.valid.astype(bool)
+    any_valid = jnp.any(valid)
+    metrics = {name: jnp.mean(value) for name, value in step_metrics.items()}
+    metrics.update(
+        finite=jnp.min(step_metrics["finite"]),
+        grad_norm_max=jnp.max(step_metrics["grad_norm"]),
+        learning_rate=lr,
+        kl_mean=jnp.sum(jnp.where(valid, kl, 0.0)) / jnp.maximum(jnp.sum(valid), 1),
+        kl_max=jnp.where(any_valid, jnp.max(jnp.where(valid, kl, -jnp.inf)), 0.0),
+        thought_entropy=jnp.mean(old["entropy"]),
+        value_mean=jnp.mean(old["value"]),
+        advantage_mean=jnp.mean(shaped),
+        advantage_std=jnp.std(shaped),
+        return_mean=jnp.mean(returns),
+        reward_mean=jnp.mean(batch.reward.astype(jnp.float32)),
+        valid_fraction=jnp.mean(valid.astype(jnp.float32)),
+        sampler_logp_gap=rl.masked_token_mean(
+            jnp.abs(old["token_logp"] - samples.sampler_logp), samples.response_mask
+        ).mean(),
+        teacher_policy_distance=_global_distance(teacher, policy),
+        merged=merged_now.astype(jnp.float32),
+        dagger_size=dagger_filled.astype(jnp.float32),
+    )
+    finite_metrics = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in metrics.values()]))
+    metrics["finite"] = (metrics["finite"] > 0) & finite_metrics
+    metrics["finite"] = metrics["finite"].astype(jnp.float32)
+
+    new_state = state.replace(
+        policy=policy,
+        value_head=value_params,
+        teacher=teacher,
+        opt_state=opt_state,
+        dagger=dagger,
+        key=key,
+        update_count=state.update_count + 1,
+    )
+    return new_state, metrics
+
+
+update_step = jax.jit(_update_step, static_argnames=("defs", "config"), donate_argnames=("state",))

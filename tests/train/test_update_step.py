@@ -1,0 +1,221 @@
+"""The compiled update step on a model smaller than `tiny`: one compilation per run (merge and
+no-merge updates alike), bitwise determinism, the KL metric against an independent computation, the
+KL pulling thoughts (not actions) toward the teacher, PPO raising rewarded replies, NaN reporting,
+and clear errors for bad shapes and configuration values."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _train_cases import (
+    ENVS,
+    MODEL_CONFIG,
+    REPLY_LEN,
+    THOUGHT_LEN,
+    TURNS,
+    build_state,
+    make_batch,
+    make_scorer,
+    reply_logp,
+)
+
+from gtr_turbo_jax.models.testing import write_random_checkpoint
+from gtr_turbo_jax.train.config import UpdateConfig
+from gtr_turbo_jax.train.update import update_step
+
+KL_CONFIG = UpdateConfig(
+    mode="turbo_kl",
+    ppo_epochs=2,
+    minibatch_size=2,
+    grad_accum_steps=1,
+    merge_interval=2,
+    snapshot_capacity=4,
+    learning_rate=1e-3,
+    grad_clip=1.0,
+)
+PPO_CONFIG = KL_CONFIG.replace(mode="ppo", ppo_epochs=3)
+SAMPLES = TURNS * ENVS
+
+
+def to_numpy(tree):
+    return jax.tree.map(np.asarray, tree)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_random_checkpoint(tmp_path_factory.mktemp("update") / "ckpt", MODEL_CONFIG, 7)
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    return make_scorer()
+
+
+def run_updates(checkpoint, seed: int, num_updates: int = 3):
+    """`num_updates` turbo_kl updates on fixed batches; params, metrics, cache sizes, teachers."""
+    defs, state = build_state(checkpoint, KL_CONFIG, seed)
+    metrics, cache_sizes, teachers = [], [], [to_numpy(state.teacher)]
+    for step in range(num_updates):
+        state, step_metrics = update_step(state, make_batch(step), defs, KL_CONFIG)
+        metrics.append({k: float(v) for k, v in step_metrics.items()})
+        cache_sizes.append(update_step._cache_size())
+        teachers.append(to_numpy(state.teacher))
+    params = to_numpy((state.policy, state.value_head, state.teacher, state.opt_state))
+    return dict(params=params, metrics=metrics, cache_sizes=cache_sizes, teachers=teachers)
+
+
+@pytest.fixture(scope="module")
+def runs(checkpoint):
+    return [run_updates(checkpoint, seed) for seed in (0, 0, 1)]
+
+
+def test_compiles_once_across_merge_and_no_merge_updates(runs):
+    run = runs[0]
+    assert [m["merged"] for m in run["metrics"]] == [0.0, 1.0, 0.0]
+    assert len(set(run["cache_sizes"] + runs[1]["cache_sizes"] + runs[2]["cache_sizes"])) == 1
+    # The teacher moves only on the merge update.
+    changed = [
+        not all(jax.tree.leaves(jax.tree.map(np.array_equal, before, after)))
+        for before, after in zip(run["teachers"][:-1], run["teachers"][1:])
+    ]
+    assert changed == [False, True, False]
+    for metrics in run["metrics"]:
+        assert metrics["finite"] == 1.0
+        assert all(np.isfinite(list(metrics.values())))
+    # Cosine learning rate, constant within an update, decaying over updates.
+    rates = [m["learning_rate"] for m in run["metrics"]]
+    expected = [1e-9 + (1e-3 - 1e-9) * 0.5 * (1 + np.cos(np.pi * k / 25)) for k in range(3)]
+    np.testing.assert_allclose(rates, expected, rtol=1e-6)
+
+
+def test_same_seed_gives_bitwise_identical_params(runs):
+    same = jax.tree.map(np.array_equal, runs[0]["params"], runs[1]["params"])
+    assert all(jax.tree.leaves(same))
+    assert runs[0]["metrics"] == runs[1]["metrics"]
+    # And the comparison can fail: another seed gives other params.
+    other = jax.tree.map(np.array_equal, runs[0]["params"][0], runs[2]["params"][0])
+    assert not all(jax.tree.leaves(other))
+
+
+def _random_teacher(state, seed: int):
+    keys = iter(jax.random.split(jax.random.key(seed), 1000))
+    return jax.tree.map(lambda x: x + 0.3 * jax.random.normal(next(keys), x.shape), state.teacher)
+
+
+def _thought_teacher_batch(defs, state, teacher, scorer):
+    """Zero rewards; env 0's thoughts are the teacher's greedy tokens, env 1's its least likely."""
+    batch = make_batch(0, reward=np.zeros((TURNS, ENVS), np.float32))
+    ids = np.array(batch.response_ids)
+    for position in range(THOUGHT_LEN):
+        logits = scorer(
+            defs.model, state.base, teacher, batch.replace(response_ids=jnp.asarray(ids))
+        )
+        logits = np.asarray(logits).reshape(TURNS, ENVS, REPLY_LEN, -1)[:, :, position]
+        ids[:, 0, position] = logits[:, 0].argmax(-1)
+        ids[:, 1, position] = logits[:, 1].argmin(-1)
+    return batch.replace(response_ids=jnp.asarray(ids))
+
+
+def _clipped_k1_means(scorer, defs, state, teacher, batch):
+    """Independent transcription of the clipped-k1 estimate, over thought and over action tokens."""
+    policy = reply_logp(scorer(defs.model, state.base, state.policy, batch), batch)
+    reference = reply_logp(scorer(defs.model, state.base, teacher, batch), batch)
+    k1 = np.clip(policy - reference, 0.0, 10.0)
+    means = []
+    for mask in (batch.thought_mask, batch.action_mask):
+        mask = np.asarray(mask).reshape(SAMPLES, REPLY_LEN)
+        means.append((k1 * mask).sum(1) / mask.sum(1))
+    return means
+
+
+def test_kl_pulls_thoughts_toward_the_teacher_and_ignores_the_action(checkpoint, scorer):
+    defs, state = build_state(checkpoint, KL_CONFIG, seed=3)
+    teacher = _random_teacher(state, seed=5)
+    state = state.replace(teacher=jax.tree.map(jnp.array, teacher))
+    batch = _thought_teacher_batch(defs, state, teacher, scorer)
+    thought_before, action_before = _clipped_k1_means(scorer, defs, state, teacher, batch)
+    assert thought_before[1::2].min() > 1.0 and thought_before[0::2].max() == 0.0
+
+    # Other action tokens (the teacher judges them differently) leave the step's KL unchanged.
+    other_actions = np.array(batch.response_ids)
+    other_actions[..., THOUGHT_LEN : REPLY_LEN - 1] += 1
+    other_batch = batch.replace(response_ids=jnp.asarray(other_actions))
+    _, other_action_kl = _clipped_k1_means(scorer, defs, state, teacher, other_batch)
+    assert np.abs(other_action_kl - action_before).max() > 0.1
+    other_defs, other_state = build_state(checkpoint, KL_CONFIG, seed=3)
+    other_state = other_state.replace(teacher=jax.tree.map(jnp.array, teacher))
+    _, other_metrics = update_step(other_state, other_batch, other_defs, KL_CONFIG)
+
+    state, metrics = update_step(state, batch, defs, KL_CONFIG)
+    # The step's KL is the clipped k1 over thought tokens at temperature 1, per reply.
+    np.testing.assert_allclose(metrics["kl_mean"], thought_before.mean(), rtol=1e-4)
+    np.testing.assert_allclose(metrics["kl_max"], thought_before.max(), rtol=1e-4)
+    assert other_metrics["kl_mean"] == metrics["kl_mean"]
+    state, metrics = update_step(state, batch, defs, KL_CONFIG)
+    assert metrics["finite"] == 1.0
+
+    # The replies whose thoughts the teacher dislikes lose probability: their KL falls.
+    thought_after, _ = _clipped_k1_means(scorer, defs, state, teacher, batch)
+    assert thought_after.mean() < 0.96 * thought_before.mean()
+    assert np.all(thought_after[1::2] < thought_before[1::2])
+
+
+def test_ppo_raises_the_log_prob_of_rewarded_replies(checkpoint, scorer):
+    defs, state = build_state(checkpoint, PPO_CONFIG, seed=4)
+    reward = np.array([[0.0, 0.0], [1.0, -1.0]], np.float32)  # the second turn ends both episodes
+    batch = make_batch(1, reward=reward)
+    weights = np.where(np.asarray(batch.thought_mask).reshape(SAMPLES, -1), 0.5, 0.0)
+    weights += np.asarray(batch.action_mask).reshape(SAMPLES, -1)  # lambda-weighted reply log-prob
+    before = (reply_logp(scorer(defs.model, state.base, state.policy, batch), batch) * weights).sum(
+        1
+    )
+    for _ in range(2):
+        state, metrics = update_step(state, batch, defs, PPO_CONFIG)
+        assert metrics["finite"] == 1.0 and metrics["kl_mean"] == 0.0
+    after = (reply_logp(scorer(defs.model, state.base, state.policy, batch), batch) * weights).sum(
+        1
+    )
+    rewarded, punished = 2 * ENVS - 2, 2 * ENVS - 1  # samples (turn 1, env 0) and (turn 1, env 1)
+    assert after[rewarded] > before[rewarded] + 0.05
+    assert after[punished] < before[punished] - 0.05
+
+
+def test_nan_reward_is_reported_and_the_update_skipped(checkpoint):
+    defs, state = build_state(checkpoint, KL_CONFIG, seed=0)
+    policy_before = to_numpy(state.policy)
+    reward = np.zeros((TURNS, ENVS), np.float32)
+    reward[0, 1] = np.nan
+    state, metrics = update_step(state, make_batch(0, reward=reward), defs, KL_CONFIG)
+    assert metrics["finite"] == 0.0
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, policy_before, to_numpy(state.policy))))
+    assert int(state.update_count) == 1
+
+
+def test_incompatible_batch_is_one_clear_error(checkpoint):
+    defs, state = build_state(checkpoint, KL_CONFIG, seed=0)
+    batch = make_batch(0)
+    bad = batch.replace(response_mask=batch.response_mask[..., :-1])
+    with pytest.raises(ValueError, match=r"Batch.response_mask has shape \(2, 2, 5\)"):
+        update_step(state, bad, defs, KL_CONFIG)
+    config = KL_CONFIG.replace(minibatch_size=3)
+    with pytest.raises(ValueError, match="not a multiple of minibatch_size"):
+        update_step(state, batch, defs, config)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"gamma": 1.5}, r"UpdateConfig.gamma=1.5 is out of range: expected a value in \[0, 1\]"),
+        ({"mode": "grpo"}, "UpdateConfig.mode='grpo' is not supported: expected one of ppo"),
+        ({"minibatch_size": 0}, "UpdateConfig.minibatch_size=0 is out of range"),
+        ({"merge_density": 0.0}, "UpdateConfig.merge_density=0.0 is out of range"),
+        ({"clip_eps": float("nan")}, "UpdateConfig.clip_eps=nan is out of range"),
+        ({"kl_estimator": "k2"}, "UpdateConfig.kl_estimator='k2' is not supported"),
+        ({"final_learning_rate": 1.0}, "final_learning_rate=1.0 is out of range"),
+    ],
+)
+def test_config_rejects_out_of_range_values(changes, message):
+    with pytest.raises(ValueError, match=message):
+        UpdateConfig(**changes)
