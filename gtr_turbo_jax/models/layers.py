@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import functools
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from gtr_turbo_jax.models.config import LoRAConfig
@@ -140,8 +141,11 @@ class GatedMLP(nnx.Module):
         self.down_proj = linear("down_proj", intermediate_size, hidden_size)
 
     def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
-        gate = ACTIVATION_FNS[self.act](self.gate_proj(x, dropout_key))
-        return self.down_proj(gate * self.up_proj(x, dropout_key), dropout_key)
+        if dropout_key is None:
+            gate, up = fused_projection((self.gate_proj, self.up_proj), x)
+        else:
+            gate, up = self.gate_proj(x, dropout_key), self.up_proj(x, dropout_key)
+        return self.down_proj(ACTIVATION_FNS[self.act](gate) * up, dropout_key)
 
 
 def rotate_half(x: jax.Array) -> jax.Array:
@@ -171,3 +175,68 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
     return out.reshape(batch, length, heads, head_dim)
+
+
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """`attention` against a KV cache laid out heads first.
+
+    q: [B, T, H, D]; k, v: [B, K, S, D]; mask: bool [B, T, S]. Returns [B, T, H, D].
+    One query (a decode step) is a matrix-vector product per head, which XLA:CPU runs much faster
+    as a fused multiply-reduce than as a library matmul call; longer queries use matmuls.
+    """
+    batch, length, heads, head_dim = q.shape
+    kv_heads = k.shape[1]
+    groups = heads // kv_heads
+    q = q.reshape(batch, length, kv_heads, groups, head_dim).transpose(0, 2, 1, 3, 4)
+    q = q.reshape(batch, kv_heads, length * groups, head_dim)
+    mask = jnp.repeat(mask, groups, axis=1)[:, None]  # [B, 1, T * G, S], query q = t * G + g
+    if length == 1:
+        logits = jnp.sum(
+            q.astype(jnp.float32)[:, :, :, None, :] * k.astype(jnp.float32)[:, :, None], axis=-1
+        )
+    else:
+        logits = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32)
+    logits = jnp.where(mask, logits * head_dim**-0.5, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    if length == 1:
+        out = jnp.sum(probs[..., None] * v[:, :, None], axis=3)
+    else:
+        out = jnp.einsum("bkqs,bksd->bkqd", probs, v)
+    out = out.reshape(batch, kv_heads, length, groups, head_dim).transpose(0, 2, 1, 3, 4)
+    return out.reshape(batch, length, heads, head_dim)
+
+
+def fused_projection(linears: Sequence[Linear], x: jax.Array) -> list[jax.Array]:
+    """`[linear(x) for linear in linears]` (no dropout) as one matmul, plus two for LoRA.
+
+    Linears sharing an input (q/k/v, gate/up) are stacked along their outputs; their LoRA
+    adapters likewise, `B` as a block-diagonal matrix. The stacking depends on parameters only,
+    so inside a decode loop XLA hoists it out of the loop body.
+    """
+    first = linears[0]
+    x = x.astype(first.dtype)
+    sizes = [linear.weight.shape[0] for linear in linears]
+    weight = jnp.concatenate([linear.weight[...].astype(first.dtype) for linear in linears])
+    y = jnp.einsum("...i,oi->...o", x, weight)
+    if any(linear.bias is not None for linear in linears):
+        bias = [
+            jnp.zeros((size,), first.dtype) if linear.bias is None else linear.bias[...]
+            for linear, size in zip(linears, sizes, strict=True)
+        ]
+        y = y + jnp.concatenate(bias).astype(first.dtype)
+    adapted = [linear for linear in linears if linear.lora_a is not None]
+    if adapted:
+        if len({linear.lora_scale for linear in adapted}) != 1:
+            raise ValueError("fused_projection needs one LoRA scale for all its linears")
+        down = jnp.concatenate([linear.lora_a[...] for linear in adapted], axis=1)
+        blocks, row = [], 0
+        for linear, size in zip(linears, sizes, strict=True):
+            block = jnp.zeros((down.shape[1], size), jnp.float32)
+            if linear.lora_a is not None:
+                rank = linear.lora_b.shape[0]
+                block = block.at[row : row + rank].set(linear.lora_b[...])
+                row += rank
+            blocks.append(block)
+        up = jnp.concatenate(blocks, axis=1).astype(first.dtype)
+        y = y + ((x @ down.astype(first.dtype)) @ up) * adapted[0].lora_scale
+    return jnp.split(y, np.cumsum(sizes)[:-1], axis=-1)

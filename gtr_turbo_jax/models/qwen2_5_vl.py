@@ -196,8 +196,10 @@ class Qwen25VL(nnx.Module):
     ) -> ModelOutput:
         """One token per row: tokens [B] -> logits [B, 1, vocab]; `valid` [B] masks finished rows."""
         chex.assert_rank(tokens, 1)
-        mask = jnp.ones_like(tokens, jnp.int32) if valid is None else valid.astype(jnp.int32)
-        return self.forward(tokens[:, None], mask[:, None], cache=cache)
+        valid = jnp.ones(tokens.shape, bool) if valid is None else valid.astype(bool)
+        embeds = self.language_model.embed(tokens[:, None])
+        hidden, cache = self.language_model.decode(embeds, valid, cache)
+        return ModelOutput(logits=self.logits(hidden), hidden_states=hidden, cache=cache)
 
 
 def _check_image_token_count(

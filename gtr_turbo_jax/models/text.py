@@ -12,44 +12,63 @@ import numpy as np
 from flax import nnx
 
 from gtr_turbo_jax.models.config import LoRAConfig, TextConfig
-from gtr_turbo_jax.models.layers import INIT_STD, GatedMLP, Linear, RMSNorm, apply_rotary, attention
+from gtr_turbo_jax.models.layers import (
+    INIT_STD,
+    GatedMLP,
+    Linear,
+    RMSNorm,
+    apply_rotary,
+    attention,
+    cached_attention,
+    fused_projection,
+)
 
 
 class KVCache(NamedTuple):
     """Keys/values of every layer for a fixed number of slots; a pytree, donate it under jit.
 
-    keys, values: [layers, batch, slots, kv_heads, head_dim] (rotated keys).
+    keys, values: one [batch, kv_heads, slots, head_dim] array per layer (rotated keys). One array
+        per layer, heads before slots: a decode step reads each as the batched matmul operand it
+        is, with no slice or transpose copy.
     valid: [batch, slots] bool, the slot holds a real (non-padding) token.
     index: [] int32, the next slot to write (shared by all rows: prompts are left-padded).
     next_position: [batch] int32, the rotary position of the row's next text token.
     """
 
-    keys: jax.Array
-    values: jax.Array
+    keys: tuple[jax.Array, ...]
+    values: tuple[jax.Array, ...]
     valid: jax.Array
     index: jax.Array
     next_position: jax.Array
 
     @property
     def max_length(self) -> int:
-        return self.keys.shape[2]
+        return self.valid.shape[1]
 
 
 def init_cache(config: TextConfig, batch: int, max_length: int, dtype: jnp.dtype) -> KVCache:
-    shape = (
-        config.num_hidden_layers,
-        batch,
-        max_length,
-        config.num_key_value_heads,
-        config.head_dim,
-    )
+    shape = (batch, config.num_key_value_heads, max_length, config.head_dim)
+    layers = range(config.num_hidden_layers)
     return KVCache(
-        keys=jnp.zeros(shape, dtype),
-        values=jnp.zeros(shape, dtype),
+        keys=tuple(jnp.zeros(shape, dtype) for _ in layers),
+        values=tuple(jnp.zeros(shape, dtype) for _ in layers),
         valid=jnp.zeros((batch, max_length), bool),
         index=jnp.zeros((), jnp.int32),
         next_position=jnp.zeros((batch,), jnp.int32),
     )
+
+
+class LayerCache(NamedTuple):
+    """One layer's slice of a `KVCache`: keys, values [B, K, S, D] and the slot to write."""
+
+    keys: jax.Array
+    values: jax.Array
+    index: jax.Array
+
+
+def _inverse_frequencies(config: TextConfig) -> np.ndarray:
+    dim = config.head_dim
+    return 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
 
 
 def mrope_cos_sin(positions: jax.Array, config: TextConfig) -> tuple[jax.Array, jax.Array]:
@@ -57,11 +76,19 @@ def mrope_cos_sin(positions: jax.Array, config: TextConfig) -> tuple[jax.Array, 
 
     Frequency band i takes its angle from axis 0, 1 or 2 according to `mrope_section`.
     """
-    dim = config.head_dim
-    inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
     axis_of_band = np.repeat(np.arange(3), config.mrope_section)  # [dim/2]
     pos = positions.astype(jnp.float32)[axis_of_band]  # [dim/2, B, T]
-    angles = jnp.moveaxis(pos, 0, -1) * inv_freq.astype(np.float32)
+    angles = jnp.moveaxis(pos, 0, -1) * _inverse_frequencies(config)
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def text_cos_sin(position: jax.Array, config: TextConfig) -> tuple[jax.Array, jax.Array]:
+    """position [B] of one text token per row -> cos, sin [B, 1, head_dim] (float32).
+
+    A text token has the same position on all three axes, so `mrope_section` drops out.
+    """
+    angles = position.astype(jnp.float32)[:, None, None] * _inverse_frequencies(config)
     angles = jnp.concatenate([angles, angles], axis=-1)
     return jnp.cos(angles), jnp.sin(angles)
 
@@ -93,25 +120,29 @@ class TextAttention(nnx.Module):
         cos: jax.Array,
         sin: jax.Array,
         mask: jax.Array,
-        cache: KVCache | None,
-        layer: int,
+        layer_cache: LayerCache | None,
         dropout_key: jax.Array | None,
-    ) -> tuple[jax.Array, KVCache | None]:
+    ) -> tuple[jax.Array, LayerCache | None]:
         batch, length, _ = x.shape
-        q = self.q_proj(x, dropout_key).reshape(batch, length, -1, self.head_dim)
-        k = self.k_proj(x, dropout_key).reshape(batch, length, -1, self.head_dim)
-        v = self.v_proj(x, dropout_key).reshape(batch, length, -1, self.head_dim)
+        if dropout_key is None:
+            q, k, v = fused_projection((self.q_proj, self.k_proj, self.v_proj), x)
+        else:
+            q, k, v = (proj(x, dropout_key) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (y.reshape(batch, length, -1, self.head_dim) for y in (q, k, v))
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if cache is not None:
-            start = (layer, 0, cache.index, 0, 0)
-            keys = jax.lax.dynamic_update_slice(cache.keys, k[None].astype(cache.keys.dtype), start)
+        if layer_cache is None:
+            out = attention(q, k, v, mask)
+        else:
+            keys, values, index = layer_cache
+            start = (0, 0, index, 0)
+            # [B, T, K, D] -> the cache's [B, K, T, D]; a bitcast for one token.
+            keys = jax.lax.dynamic_update_slice(keys, k.swapaxes(1, 2).astype(keys.dtype), start)
             values = jax.lax.dynamic_update_slice(
-                cache.values, v[None].astype(cache.values.dtype), start
+                values, v.swapaxes(1, 2).astype(values.dtype), start
             )
-            cache = cache._replace(keys=keys, values=values)
-            k, v = keys[layer].astype(q.dtype), values[layer].astype(q.dtype)
-        out = attention(q, k, v, mask).reshape(batch, length, -1)
-        return self.o_proj(out, dropout_key), cache
+            layer_cache = LayerCache(keys, values, index)
+            out = cached_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask)
+        return self.o_proj(out.reshape(batch, length, -1), dropout_key), layer_cache
 
 
 class DecoderLayer(nnx.Module):
@@ -132,12 +163,12 @@ class DecoderLayer(nnx.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, **norm)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, **norm)
 
-    def __call__(self, x, cos, sin, mask, cache, dropout_key):
-        attn, cache = self.self_attn(
-            self.input_layernorm(x), cos, sin, mask, cache, self.index, dropout_key
+    def __call__(self, x, cos, sin, mask, layer_cache, dropout_key):
+        attn, layer_cache = self.self_attn(
+            self.input_layernorm(x), cos, sin, mask, layer_cache, dropout_key
         )
         x = x + attn
-        return x + self.mlp(self.post_attention_layernorm(x), dropout_key), cache
+        return x + self.mlp(self.post_attention_layernorm(x), dropout_key), layer_cache
 
 
 class TextModel(nnx.Module):
@@ -194,11 +225,46 @@ class TextModel(nnx.Module):
                 next_position=jnp.maximum(cache.next_position, last_position + 1),
             )
         cos, sin = mrope_cos_sin(positions, self.config)
+        return self._decoder(embeds, cos, sin, mask, cache, dropout_key)
+
+    def decode(
+        self, embeds: jax.Array, valid: jax.Array, cache: KVCache
+    ) -> tuple[jax.Array, KVCache]:
+        """One text token per row: embeds [B, 1, D], valid [B] bool (False: a finished row, whose
+        token is written but never attended to and whose position does not advance).
+
+        The same computation as `__call__` with a [B, 1] mask, with its positions and mask built
+        directly for the one token instead of through the general multimodal rules.
+        """
+        batch = embeds.shape[0]
+        chex.assert_shape(embeds, (batch, 1, None))
+        chex.assert_shape(valid, (batch,))
+        key_valid = jax.lax.dynamic_update_slice(cache.valid, valid[:, None], (0, cache.index))
+        mask = key_valid & (jnp.arange(cache.max_length) <= cache.index)
+        cos, sin = text_cos_sin(jnp.where(valid, cache.next_position, 0), self.config)
+        cache = cache._replace(
+            valid=key_valid, next_position=cache.next_position + valid.astype(jnp.int32)
+        )
+        return self._decoder(embeds, cos, sin, mask[:, None, :], cache, None)
+
+    def _decoder(self, embeds, cos, sin, mask, cache, dropout_key):
         x = embeds.astype(self.dtype)
-        for layer in self.layers:
-            x, cache = layer(x, cos, sin, mask, cache, dropout_key)
-        if cache is not None:
-            cache = cache._replace(index=cache.index + length)
+        if cache is None:
+            for layer in self.layers:
+                x, _ = layer(x, cos, sin, mask, None, dropout_key)
+            return self.norm(x), None
+        keys, values = [], []
+        for layer, layer_keys, layer_values in zip(
+            self.layers, cache.keys, cache.values, strict=True
+        ):
+            x, (layer_keys, layer_values, _) = layer(
+                x, cos, sin, mask, LayerCache(layer_keys, layer_values, cache.index), dropout_key
+            )
+            keys.append(layer_keys)
+            values.append(layer_values)
+        cache = cache._replace(
+            keys=tuple(keys), values=tuple(values), index=cache.index + embeds.shape[1]
+        )
         return self.norm(x), cache
 
 

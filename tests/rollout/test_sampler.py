@@ -250,7 +250,7 @@ def test_split_prefill_and_donated_decode_equal_one_call(split, prompts, sampled
     out, final = sample_decode(graphdef, params, prefilled, jax.random.key(0), SAMPLING)
     np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(sampled.tokens))
     np.testing.assert_allclose(np.asarray(out.logp_raw), np.asarray(sampled.logp_raw), atol=1e-5)
-    assert cache.keys.is_deleted()  # donated: the loop wrote into these buffers
+    assert all(keys.is_deleted() for keys in cache.keys)  # donated: the loop wrote into these
     assert int(final.cache.index) == prompts["ids"].shape[1] + int(out.lengths.max()) - 1
 
 
