@@ -33,7 +33,6 @@ import numpy as np
 from flax import nnx
 
 from gtr_turbo_jax.models import LoRAConfig, ValueHead, from_pretrained, get_config
-from gtr_turbo_jax.models.config import TextConfig, VisionConfig
 from gtr_turbo_jax.models.testing import write_random_checkpoint
 from gtr_turbo_jax.rollout.batch import Batch
 from gtr_turbo_jax.train.config import UpdateConfig
@@ -45,33 +44,7 @@ IMAGE_GRID = (1, 8, 8)  # 64 patches -> 16 image tokens
 
 
 def _model_config(quick: bool):
-    config = get_config("tiny")
-    if not quick:
-        return config
-    return config.replace(
-        text=TextConfig(
-            vocab_size=1024,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            rope_theta=10000.0,
-            mrope_section=(2, 3, 3),
-            bos_token_id=None,
-            eos_token_id=2,
-            pad_token_id=0,
-        ),
-        vision=VisionConfig(
-            depth=1,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
-            out_hidden_size=32,
-            window_size=56,
-            fullatt_block_indexes=(0,),
-        ),
-    )
+    return get_config("micro" if quick else "tiny")
 
 
 def make_batch(config, turns: int, envs: int, prompt_len: int, reply_len: int, seed: int = 0):

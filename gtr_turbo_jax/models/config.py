@@ -249,11 +249,44 @@ QWEN25_VL_7B = ModelConfig(
     tie_word_embeddings=False,
 )
 
-NAMED_CONFIGS = {"tiny": TINY, "qwen2.5-vl-3b": QWEN25_VL_3B, "qwen2.5-vl-7b": QWEN25_VL_7B}
+# One layer each side, width 32: the smallest model that still exercises every code path (GQA,
+# windowed + full vision attention, the merger); fast tests and `--quick` benchmarks use it.
+MICRO = TINY.replace(
+    text=TextConfig(
+        vocab_size=1024,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        rope_theta=10000.0,
+        mrope_section=(2, 3, 3),
+        bos_token_id=None,
+        eos_token_id=2,
+        pad_token_id=0,
+    ),
+    vision=VisionConfig(
+        depth=1,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        out_hidden_size=32,
+        window_size=56,
+        fullatt_block_indexes=(0,),
+    ),
+)
+
+NAMED_CONFIGS = {
+    "micro": MICRO,
+    "tiny": TINY,
+    "qwen2.5-vl-3b": QWEN25_VL_3B,
+    "qwen2.5-vl-7b": QWEN25_VL_7B,
+}
 
 
 def get_config(name: str, **changes: Any) -> ModelConfig:
-    """A named configuration (`tiny`, `qwen2.5-vl-3b`, `qwen2.5-vl-7b`), optionally with changes."""
+    """A named configuration (`micro`, `tiny`, `qwen2.5-vl-3b`, `qwen2.5-vl-7b`), optionally with
+    changes."""
     if name not in NAMED_CONFIGS:
         raise ValueError(f"unknown model config {name!r}; choose one of {sorted(NAMED_CONFIGS)}")
     return NAMED_CONFIGS[name].replace(**changes)

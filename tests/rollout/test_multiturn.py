@@ -14,7 +14,6 @@ from flax import nnx
 
 from gtr_turbo_jax import envs
 from gtr_turbo_jax.models import LoRAConfig, ValueHead, from_pretrained, get_config
-from gtr_turbo_jax.models.config import TextConfig, VisionConfig
 from gtr_turbo_jax.models.testing import write_random_checkpoint
 from gtr_turbo_jax.rollout.multiturn import make_rollout
 from gtr_turbo_jax.rollout.sampler import SampleOutput, SamplingConfig
@@ -26,30 +25,7 @@ from gtr_turbo_jax.text.tokenizer import load_tokenizer, tiny_tokenizer_path
 from gtr_turbo_jax.train.scoring import score_replies
 from gtr_turbo_jax.train.state import ModelDefs, split_model
 
-CONFIG = get_config("tiny").replace(
-    text=TextConfig(
-        vocab_size=1024,  # the tiny tokenizer's
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        rope_theta=10000.0,
-        mrope_section=(2, 3, 3),
-        bos_token_id=None,
-        eos_token_id=2,
-        pad_token_id=0,
-    ),
-    vision=VisionConfig(
-        depth=1,
-        hidden_size=32,
-        intermediate_size=64,
-        num_heads=2,
-        out_hidden_size=32,
-        window_size=56,
-        fullatt_block_indexes=(0,),
-    ),
-)
+CONFIG = get_config("micro")
 EOS = 2
 ENVS, MAX_STEPS, REPLY_LEN = 2, 3, 24
 FORMAT = (0.5, -2.0)

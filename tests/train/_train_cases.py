@@ -11,36 +11,12 @@ import numpy as np
 from flax import nnx
 
 from gtr_turbo_jax.models import LoRAConfig, ValueHead, from_pretrained, get_config
-from gtr_turbo_jax.models.config import TextConfig, VisionConfig
 from gtr_turbo_jax.rollout.batch import Batch
 from gtr_turbo_jax.train.config import UpdateConfig
 from gtr_turbo_jax.train.scoring import score_replies
 from gtr_turbo_jax.train.state import ModelDefs, TrainState, init_train_state
 
-MODEL_CONFIG = get_config("tiny").replace(
-    text=TextConfig(
-        vocab_size=1024,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        rope_theta=10000.0,
-        mrope_section=(2, 3, 3),
-        bos_token_id=None,
-        eos_token_id=2,
-        pad_token_id=0,
-    ),
-    vision=VisionConfig(
-        depth=1,
-        hidden_size=32,
-        intermediate_size=64,
-        num_heads=2,
-        out_hidden_size=32,
-        window_size=56,
-        fullatt_block_indexes=(0,),
-    ),
-)
+MODEL_CONFIG = get_config("micro")
 LORA = LoRAConfig(rank=4, alpha=8.0, dropout=0.0)
 GRID = (1, 4, 4)  # 16 patches -> 4 merged image tokens
 TURNS, ENVS, PROMPT_LEN, REPLY_LEN = 2, 2, 12, 6
