@@ -12,4 +12,6 @@ def get_config(model: str = "tiny"):
     env["max_steps_in_episode"] = 12 if tiny else 100
     config = base_config(env, model)
     config.format_reward.update(valid=0.0, invalid=-1.0)
+    # A tiny model cannot count rows and columns of the grid in minutes: list the cells it needs.
+    config.prompt.positions = tiny
     return config

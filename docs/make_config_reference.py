@@ -48,6 +48,7 @@ MEANINGS: dict[str, str] = {
     # prompt
     "prompt.style": "prompt wording: full (the papers' texts) or brief (short texts for tiny models)",
     "prompt.history_length": "the agent's last K actions listed in the prompt (0: none)",
+    "prompt.positions": "Sokoban only: the prompt lists the player, box and target cells as (row, column), a symbolic hint for tiny models that cannot count grid rows and columns",
     # sampling
     "sampling.temperature": "rollout sampling temperature (> 0; `rl.temperature` must equal it)",
     "sampling.top_k": "rollout top-k (0: off)",

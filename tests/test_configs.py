@@ -74,3 +74,11 @@ def test_bad_values_and_files_are_one_clear_line():
         load_config("chess")
     with pytest.raises(ConfigError, match="unknown env 'chess'"):
         load_config("sokoban", ["--config.env.name=chess"])
+    with pytest.raises(ConfigError, match="'prompt.positions'=True lists Sokoban's cells"):
+        load_config("numberline", ["--config.prompt.positions=True"])
+
+
+def test_tiny_sokoban_lists_the_cells_and_real_models_read_the_grid():
+    assert load_config("sokoban").prompt.positions is True
+    real = load_config("sokoban:qwen2.5-vl-3b", ["--config.model.path=/models/qwen"])
+    assert real.prompt.positions is False

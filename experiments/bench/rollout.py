@@ -14,10 +14,11 @@
   the peer's best setting (`--torch-threads N` to change it).
 - rollout: env-steps/s of the compiled multi-turn rollout (`rollout.multiturn`: env, prompts,
   prefill, decode, parse and env step in one scanned jit) against the host-driven one
-  (`rollout.host`: the same jitted policy turn, `PySokoban` stepped in Python), on Sokoban with
-  the same `tiny` checkpoint, envs, turns and sampling; see `bench_multi_turn`.
+  (`rollout.host`: the same jitted policy turn, `PySokoban` stepped in Python), on Sokoban, in two
+  regimes (`REGIMES`): `compiled_vs_host` with the `tiny` model (the policy's cost dominates) and
+  `compiled_vs_host_env_bound` with many envs and the `micro` model; see `bench_multi_turn`.
 The last line is one JSON object: {"bench": "rollout", "generate_vs_hf": ..., "compiled_vs_host":
-...}.
+..., "compiled_vs_host_env_bound": ...}.
 """
 
 from __future__ import annotations
@@ -143,6 +144,13 @@ def bench_generate(quick: bool, workdir: Path, torch_threads: int) -> dict:
     }
 
 
+# Per regime: (model, envs, turns, new tokens per reply, timed repeats), quick and full.
+REGIMES = {
+    "model_bound": {"quick": ("tiny", 4, 4, 16, 3), "full": ("tiny", 8, 8, 32, 5)},
+    "env_bound": {"quick": ("micro", 64, 4, 4, 3), "full": ("micro", 256, 4, 8, 5)},
+}
+
+
 def _rollout_pair(
     model_name: str, num_envs: int, num_turns: int, max_new: int, repeats: int, workdir: Path
 ) -> tuple[float, float, float, float]:
@@ -219,35 +227,62 @@ def _rollout_pair(
 def bench_multi_turn(quick: bool, workdir: Path) -> dict:
     """Env-steps/s of the compiled multi-turn rollout vs the host-driven one on the same env.
 
-    Sokoban 6x6 (28-px tiles: the 168x168 image of `IMAGE_GRID`), the same random `tiny`
-    checkpoint with LoRA (rank 8) and a value head, the brief prompt, the paper's sampling
-    settings; the compiled rollout steps the JAX env inside its scan, the host one steps
-    `PySokoban`s (the env's pure-Python twin) behind `HostEnvAdapter` between jitted policy turns.
-    Same envs, turns and reply budget on both sides; episodes are cut at 10 steps so automatic
-    resets and truncation values are part of the work. One warm-up call each (compile time
-    reported apart), then alternating timed calls; medians.
+    Sokoban 6x6 (28-px tiles: the 168x168 image of `IMAGE_GRID`), a random checkpoint with LoRA
+    (rank 8) and a value head, the brief prompt, the paper's sampling settings; the compiled
+    rollout steps the JAX env inside its scan, the host one steps `PySokoban`s (the env's
+    pure-Python twin) behind `HostEnvAdapter` between jitted policy turns. Same envs, turns and
+    reply budget on both sides; episodes are cut at 10 steps so automatic resets and truncation
+    values are part of the work. One warm-up call each (compile time reported apart), then
+    alternating timed calls; medians.
 
-    The two run the same jitted policy turn and differ only in what happens between model calls
-    (the env step and one host round trip per turn), so the ratio measures that share of a turn:
-    on a CPU the prefill and the decode loop dominate (also with the `micro` model) and the ratio
-    stays near 1.
+    Both run the same jitted policy turn (`multiturn.make_policy_turn`: prompt, image patches,
+    prefill + value, decode, parse) and build the Batch with the same `finish_rollout`. They
+    differ only in what happens between model calls: the compiled scan steps the JAX env on
+    device; the host loop syncs on the actions, steps Python envs, stacks their numpy
+    observations, sends them back with the next dispatch, and stacks the per-turn rows at the
+    end. The ratio measures that share of a turn, in two regimes (`REGIMES`):
+
+    - model-bound (`compiled_vs_host`, the issue's figure, on the training setting): the `tiny`
+      model, 4-8 envs, 16-32 new tokens. The shared policy turn is almost all of a turn: on a
+      CPU ~30 ms per env (a prefill over the 236-token image prompt, then the decode loop)
+      against ~0.2 ms for a Python env step and ~1 ms per turn of dispatch and transfers, so the
+      ratio stays near 1 whatever the env costs.
+    - env-bound (`compiled_vs_host_env_bound`): the `micro` model (one layer each side, width
+      32), 64-256 envs, 4-8 new tokens: the cheapest policy, the most env work per model call.
+      On a CPU the policy still dominates, through its input rather than its layers: each env
+      turn turns the 168x168 image into 677 KB of float32 patches and prefills ~236 tokens
+      (~4 ms per env step in all, ~20x a Python env step), so this ratio too stays near 1 there.
+      On an accelerator the policy turn shrinks by orders of magnitude while the host's
+      per-env Python work and per-turn round trip do not: on one H200 (JAX 0.11, measured while
+      writing this) the model-bound ratio was 1.4 (1.7 with `--quick`) and the env-bound one
+      8.3 (18 with 1024 envs). `JAX_PLATFORMS=cuda python experiments/bench/rollout.py` runs
+      it there.
     """
-    num_envs, num_turns, max_new = (4, 4, 16) if quick else (8, 8, 32)
-    repeats = 3 if quick else 5
-    compiled, host, compiled_warmup, host_warmup = _rollout_pair(
-        "tiny", num_envs, num_turns, max_new, repeats, workdir
-    )
-    return {
-        "rollout_envs": num_envs,
-        "rollout_turns": num_turns,
-        "rollout_max_new_tokens": max_new,
-        "rollout_repeats": repeats,
-        "rollout_compiled_steps_s": compiled,
-        "rollout_host_steps_s": host,
-        "rollout_compiled_warmup_s": compiled_warmup,
-        "rollout_host_warmup_s": host_warmup,
-        "compiled_vs_host": compiled / host,
-    }
+    import jax
+
+    mode = "quick" if quick else "full"
+    results = {"rollout_platform": jax.default_backend()}
+    for regime, prefix, ratio in (
+        ("model_bound", "rollout", "compiled_vs_host"),
+        ("env_bound", "rollout_env_bound", "compiled_vs_host_env_bound"),
+    ):
+        model_name, num_envs, num_turns, max_new, repeats = REGIMES[regime][mode]
+        compiled, host, compiled_warmup, host_warmup = _rollout_pair(
+            model_name, num_envs, num_turns, max_new, repeats, workdir
+        )
+        results |= {
+            f"{prefix}_model": model_name,
+            f"{prefix}_envs": num_envs,
+            f"{prefix}_turns": num_turns,
+            f"{prefix}_max_new_tokens": max_new,
+            f"{prefix}_repeats": repeats,
+            f"{prefix}_compiled_steps_s": compiled,
+            f"{prefix}_host_steps_s": host,
+            f"{prefix}_compiled_warmup_s": compiled_warmup,
+            f"{prefix}_host_warmup_s": host_warmup,
+            ratio: compiled / host,
+        }
+    return results
 
 
 def main() -> None:
@@ -267,12 +302,13 @@ def main() -> None:
             **bench_multi_turn(args.quick, Path(tmp)),
         }
     for key, value in results.items():
-        print(f"{key:>28}: {value:.3f}" if isinstance(value, float) else f"{key:>28}: {value}")
+        print(f"{key:>36}: {value:.3f}" if isinstance(value, float) else f"{key:>36}: {value}")
     summary = {
         "bench": "rollout",
         "quick": args.quick,
         "generate_vs_hf": round(results.pop("generate_vs_hf"), 3),
         "compiled_vs_host": round(results.pop("compiled_vs_host"), 3),
+        "compiled_vs_host_env_bound": round(results.pop("compiled_vs_host_env_bound"), 3),
         **{k: round(v, 3) if isinstance(v, float) else v for k, v in results.items()},
     }
     print(json.dumps(summary))

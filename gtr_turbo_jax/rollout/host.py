@@ -44,7 +44,6 @@ from gtr_turbo_jax.rollout.multiturn import (
     check_reply_spec,
     finish_rollout,
     make_policy_turn,
-    observation_fields,
     push_history,
     turn_row,
 )
@@ -162,7 +161,7 @@ def make_host_rollout(
     @jax.jit
     def finish(rows, bootstrap):  # one dispatch for the whole stacking (one compile per T)
         stacked = jax.tree.map(lambda *turns: jnp.stack(turns), *rows)
-        return finish_rollout(stacked, bootstrap, format_reward, grid)
+        return finish_rollout(stacked, bootstrap, format_reward, grid, image_config)
 
     def init(key: jax.Array, num_envs: int) -> HostRolloutState:
         if not isinstance(num_envs, int) or num_envs < 1:
@@ -216,7 +215,7 @@ def make_host_rollout(
             rows.append(
                 turn_row(
                     acted,
-                    observation_fields(obs),
+                    obs,
                     reward,
                     terminated,
                     truncated,

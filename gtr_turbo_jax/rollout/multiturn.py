@@ -4,7 +4,8 @@ Each turn: the carried observation -> prompt (`text.prompts.assemble`) and image
 (`text.image.preprocess_images`) -> one prefill of the policy (base + LoRA) that also gives the
 value (`ValueHead` on the last prompt token's hidden state) -> the KV-cache decode loop of the
 sampler (`rollout.sampler.decode`) -> `text.parse.parse_reply_ids` -> `env.step` (gymnax automatic
-reset, wrapped in `EpisodeStatistics`) -> one row of the `Batch`.
+reset, wrapped in `EpisodeStatistics`) -> one row of the `Batch`. A row keeps the observation's
+uint8 image; the Batch's float32 patches of all turns are made after the scan (`stacked_patches`).
 
 `RolloutState` (env states, last observations, action history, PRNG key) is returned and passed back
 in, so episodes span rollouts (and updates). The observation is carried, as in PureJaxRL, so a turn
@@ -115,7 +116,6 @@ class Acted(NamedTuple):
 
     prompt_ids: jax.Array  # int32[E, P], left padding
     prompt_mask: jax.Array  # int32[E, P]
-    image_patches: jax.Array  # [E, N, patch_dim]
     value: jax.Array  # float32[E]: the value of the observation
     reply: SampleOutput  # [E, max_new_tokens]
     parsed: ParsedIds  # batched: the action each env executes
@@ -169,16 +169,24 @@ def make_policy_turn(
         patches = preprocess_images(obs["image"], image_config).pixel_values
         return prompt_ids, prompt_mask.astype(jnp.int32), patches
 
-    def values(params, value_head, obs, history):
-        model, value_module = modules(params, value_head)
-        prompt_ids, prompt_mask, patches = observe(obs, history)
-        out = model.forward(
+    def prompt_pass(model, prompt_ids, prompt_mask, patches, max_length):
+        # The lean prefill (the prompt attends to itself only, causal chunks, row by row on
+        # CPU), as the sampler's: the uncached forward and a forward into an empty cache give
+        # the same hidden states (to float rounding) 10-50% slower on CPU. A value needs no
+        # cache: `max_length` = the prompt's, and XLA drops the unused cache writes.
+        return model.prefill(
             prompt_ids,
             prompt_mask,
+            max_length,
             image_patches=patches,
             image_grid_thw=grid,
             return_logits=False,
         )
+
+    def values(params, value_head, obs, history):
+        model, value_module = modules(params, value_head)
+        prompt_ids, prompt_mask, patches = observe(obs, history)
+        out = prompt_pass(model, prompt_ids, prompt_mask, patches, prompt_ids.shape[1])
         return value_module(last_prompt_hidden(out.hidden_states, prompt_mask))
 
     def act(params, value_head, obs, history, spec, key):
@@ -187,14 +195,9 @@ def make_policy_turn(
         model, value_module = modules(params, value_head)
         key, sample_key, parse_key, step_key = jax.random.split(key, 4)
         prompt_ids, prompt_mask, patches = observe(obs, history)
-        cache = model.init_cache(num_envs, prompt_ids.shape[1] + width_reply - 1)
-        out = model.forward(
-            prompt_ids,
-            prompt_mask,
-            image_patches=patches,
-            image_grid_thw=grid,
-            cache=cache,
-            return_logits=False,
+        # The last sampled token is never fed back: the reply needs width_reply - 1 slots.
+        out = prompt_pass(
+            model, prompt_ids, prompt_mask, patches, prompt_ids.shape[1] + width_reply - 1
         )
         value = value_module(last_prompt_hidden(out.hidden_states, prompt_mask))
         if reply_fn is None:
@@ -210,7 +213,7 @@ def make_policy_turn(
         parsed = jax.vmap(parse_reply_ids, (0, 0, None, 0))(
             reply.tokens, reply.mask, spec, jax.random.split(parse_key, num_envs)
         )
-        return key, step_key, Acted(prompt_ids, prompt_mask, patches, value, reply, parsed)
+        return key, step_key, Acted(prompt_ids, prompt_mask, value, reply, parsed)
 
     def settle(params, value_head, history, action, terminated, truncated, final_obs):
         history = push_history(history, action)
@@ -230,7 +233,7 @@ def make_policy_turn(
 
 def turn_row(
     acted: Acted,
-    fields: Mapping[str, jax.Array],
+    obs: Mapping[str, jax.Array],
     reward: jax.Array,
     terminated: jax.Array,
     truncated: jax.Array,
@@ -238,11 +241,16 @@ def turn_row(
     episode: Mapping[str, jax.Array],
 ) -> dict[str, Any]:
     """One turn's record (`[E, ...]` leaves); `finish_rollout` stacks them into a `Batch`.
-    `episode` holds the `EPISODE_METRICS` of the step (`EpisodeStatistics`' info)."""
+    `obs` is the observation the policy acted on; `episode` holds the `EPISODE_METRICS` of the
+    step (`EpisodeStatistics`' info).
+
+    The row keeps the observation's uint8 image, not its float32 patches (8x the bytes: 4-byte
+    floats, each frame twice): `finish_rollout` makes the patches of every turn in one pass, so
+    the turns neither zero-fill nor write a `[T, E, N, patch_dim]` float buffer."""
     return dict(
         prompt_ids=acted.prompt_ids,
         prompt_mask=acted.prompt_mask,
-        image_patches=acted.image_patches,
+        image=obs["image"],
         response_ids=acted.reply.tokens,
         response_mask=acted.reply.mask.astype(bool),
         thought_mask=acted.parsed.thought_mask,
@@ -255,9 +263,17 @@ def turn_row(
         terminated=terminated,
         truncated=truncated,
         truncation_value=truncation_value,
-        fields=dict(fields),
+        fields=observation_fields(obs),
         **{name: episode[name] for name in EPISODE_METRICS},
     )
+
+
+def stacked_patches(images: jax.Array, image_config: ImageConfig) -> jax.Array:
+    """uint8[T, E, H, W, 3] -> the model's batched patches `[T, E, N, patch_dim]`: the
+    `preprocess_images` the turns ran (elementwise: equal up to how XLA fuses the float math)."""
+    turns, envs = images.shape[:2]
+    flat = preprocess_images(images.reshape(turns * envs, *images.shape[2:]), image_config)
+    return flat.pixel_values.reshape(turns, envs, *flat.pixel_values.shape[1:])
 
 
 def finish_rollout(
@@ -265,6 +281,7 @@ def finish_rollout(
     bootstrap: jax.Array,
     format_reward: tuple[float, float],
     grid: tuple[int, int, int],
+    image_config: ImageConfig,
 ) -> tuple[Batch, dict[str, Any]]:
     """`(Batch, episode_metrics)` from the stacked rows `[T, E, ...]` and the value of the
     observation after the last turn (`bootstrap [E]`); see the module docstring for `next_value`."""
@@ -280,7 +297,7 @@ def finish_rollout(
     batch = Batch(
         prompt_ids=rows["prompt_ids"],
         prompt_mask=rows["prompt_mask"],
-        image_patches=rows["image_patches"],
+        image_patches=stacked_patches(rows["image"], image_config),
         response_ids=rows["response_ids"],
         response_mask=rows["response_mask"],
         thought_mask=rows["thought_mask"],
@@ -390,7 +407,7 @@ def make_rollout(
             )
             row = turn_row(
                 acted,
-                observation_fields(state.obs),
+                state.obs,
                 reward,
                 terminated,
                 truncated,
@@ -406,7 +423,7 @@ def make_rollout(
             bootstrap = policy_turn.values(params, value_head, obs, history)
         else:
             bootstrap = jnp.zeros((num_envs,), jnp.float32)
-        batch, metrics = finish_rollout(rows, bootstrap, format_reward, grid)
+        batch, metrics = finish_rollout(rows, bootstrap, format_reward, grid, image_config)
         return rollout_state, batch, metrics
 
     compiled = jax.jit(run, static_argnames=("num_turns",))
@@ -436,5 +453,6 @@ __all__ = [
     "make_rollout",
     "observation_fields",
     "push_history",
+    "stacked_patches",
     "turn_row",
 ]

@@ -45,6 +45,10 @@ FORMULA_RULES = (
 )
 
 HISTORY_TEXT = " Your previous actions, oldest first:{history} (end of actions)."
+# Sokoban's optional symbolic hint (`positions=True`): where the player, boxes and targets are.
+# A model reads positions off the grid by counting rows and columns, which a tiny CPU model does
+# not learn in minutes (its rotary attention has no absolute positions); listed, they are a copy.
+POSITIONS_TEXT = " Cells as (row, column):{player}{box}{target} (end of cells)."
 
 # Content follows RL4VLM's gym_cards prompts (card games) and RAGEN/VAGEN's Sokoban prompt (goal,
 # symbols, rules, the meaning of each move), in our own words. The text around a slot keeps the
@@ -166,6 +170,7 @@ class PromptTemplate:
     pad_id: int
     history_length: int = 0  # K: the prompt lists the last K actions (`fields["history"]`)
     style: str = "full"  # "full" wording or "brief" (see BRIEF_TEXTS)
+    positions: bool = False  # Sokoban: the prompt lists the player, box and target cells
 
 
 def _formula_slot(env: Any) -> Slot:
@@ -194,6 +199,30 @@ def _grid_slot(env: Any) -> Slot:
     return Slot("grid", renderings, rows)
 
 
+def _cells_slot(env: Any, kind: str) -> Slot:
+    """The cells of one kind of thing (`kind`: player, box or target), row-major, as
+    " kind (row, column)" each. One slot per kind keeps `max_length` tight (their words differ in
+    token count)."""
+    from gtr_turbo_jax.envs.sokoban import levels
+
+    height, width = env.size
+    renderings = tuple(f" {kind} ({r}, {c})" for r in range(height) for c in range(width))
+    codes = {
+        "box": (levels.BOX, levels.BOX_ON_TARGET),
+        "target": (levels.TARGET, levels.BOX_ON_TARGET, levels.PLAYER_ON_TARGET),
+    }
+
+    def rows(fields):
+        if kind == "player":
+            player = jnp.asarray(fields["player"], jnp.int32)
+            return (player[0] * width + player[1])[None], jnp.ones(1, bool)
+        grid = jnp.asarray(fields["grid"]).reshape(-1)
+        (cells,) = jnp.nonzero(jnp.isin(grid, jnp.asarray(codes[kind])), size=env.num_boxes)
+        return cells.astype(jnp.int32), jnp.ones(env.num_boxes, bool)
+
+    return Slot(kind, renderings, rows)
+
+
 def _history_slot(env: Any) -> Slot:
     """The last actions, `fields["history"]`: int32[K], oldest first, -1 where there is none."""
 
@@ -204,21 +233,28 @@ def _history_slot(env: Any) -> Slot:
     return Slot("history", tuple(" " + name for name in env.action_names), rows)
 
 
-def _slots(env_name: str, env: Any, history_length: int = 0) -> dict[str, Slot]:
+def _slots(
+    env_name: str, env: Any, history_length: int = 0, positions: bool = False
+) -> dict[str, Slot]:
     slots = {}
     if env_name in ("points24", "ezpoints"):
         slots["formula"] = _formula_slot(env)
     if env_name == "sokoban":
         slots["grid"] = _grid_slot(env)
+        if positions:
+            slots.update({kind: _cells_slot(env, kind) for kind in ("player", "box", "target")})
     if history_length:
         slots["history"] = _history_slot(env)
     return slots
 
 
-def _user_text(env_name: str, history_length: int, style: str = "full") -> str:
+def _user_text(
+    env_name: str, history_length: int, style: str = "full", positions: bool = False
+) -> str:
     """The env's text with `{slot}` fields (and `{reply}`), before formatting."""
     texts, rule = (TEXTS, JSON_RULE) if style == "full" else (BRIEF_TEXTS, BRIEF_JSON_RULE)
-    return texts[env_name] + (HISTORY_TEXT if history_length else "") + rule
+    hints = (POSITIONS_TEXT if positions else "") + (HISTORY_TEXT if history_length else "")
+    return texts[env_name] + hints + rule
 
 
 def _reply_format(env_name: str, style: str) -> str:
@@ -236,6 +272,7 @@ def make_template(
     num_image_tokens: int,
     history_length: int = 0,
     style: str = "full",
+    positions: bool = False,
 ) -> PromptTemplate:
     """The template of `env_name` (`envs.make(env_name)[0]` is `env`) under `tokenizer`.
 
@@ -244,6 +281,9 @@ def make_template(
     `history_length` K > 0 adds the agent's last K actions to the prompt (RAGEN/VAGEN tell the
     agent the action just taken): `assemble` then reads `fields["history"]`, int32[K] action ids,
     oldest first, -1 for none (the rollout keeps it in its carry, it is not env state).
+
+    `positions` (Sokoban only) lists the player's, the boxes' and the targets' cells after the grid
+    (`POSITIONS_TEXT`), derived from the grid inside jit.
     """
     if env_name not in TEXTS:
         raise ValueError(f"no prompt for env {env_name!r}; valid: {', '.join(TEXTS)}")
@@ -253,8 +293,10 @@ def make_template(
         raise ValueError(f"history_length={history_length!r}: need an int >= 0 (0: no history)")
     if style not in STYLES:
         raise ValueError(f"prompt style={style!r} is not supported; valid: {', '.join(STYLES)}")
-    slots = _slots(env_name, env, history_length)
-    text = _user_text(env_name, history_length, style).format(
+    if positions and env_name != "sokoban":
+        raise ValueError(f"positions=True lists Sokoban's cells; {env_name!r} has none")
+    slots = _slots(env_name, env, history_length, positions)
+    text = _user_text(env_name, history_length, style, positions).format(
         reply=_reply_format(env_name, style), **{k: "\0" + k + "\0" for k in slots}
     )
     chat = tokenizer.apply_chat_template(
@@ -292,6 +334,7 @@ def make_template(
         pad_id=int(tokenizer.convert_tokens_to_ids(tokenizer.pad_token)),
         history_length=history_length,
         style=style,
+        positions=positions,
     )
 
 
@@ -341,10 +384,13 @@ def assemble(
 def prompt_text(template: PromptTemplate, env: Any, fields: Mapping[str, Any]) -> str:
     """The user text of one state on the host (plain Python): what `assemble` tokenizes."""
     values = {}
-    for name, slot in _slots(template.env_name, env, template.history_length).items():
+    slots = _slots(template.env_name, env, template.history_length, template.positions)
+    for name, slot in slots.items():
         symbols, present = (np.asarray(a) for a in slot.symbols(fields))
         values[name] = "".join(slot.renderings[s] for s, p in zip(symbols, present) if p)
-    text = _user_text(template.env_name, template.history_length, template.style)
+    text = _user_text(
+        template.env_name, template.history_length, template.style, template.positions
+    )
     return text.format(reply=_reply_format(template.env_name, template.style), **values)
 
 

@@ -1,7 +1,8 @@
 """Checkpoints of the whole training state on orbax-checkpoint: async, atomic, verified.
 
 A checkpoint is one orbax step directory with two items: `state`, the pytree's leaves as a flat
-dict of arrays (typed PRNG keys stored as their raw key data), and `meta`, a JSON object with the
+dict of arrays (typed PRNG keys stored as their raw key data; the small leaves as slices of one
+byte array, since orbax's cost is mostly per array), and `meta`, a JSON object with the
 run's fingerprint, the caller's host-side metadata and, per leaf, its tree path, shape, dtype and a
 checksum. Orbax writes into a temporary directory and renames it when complete, so a kill at any
 moment leaves either the previous checkpoint or the new one; the checksums catch what the rename
@@ -31,8 +32,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_managers
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: small leaves packed into one byte array (1: every leaf on its own)
+_READS = (1, 2)
 _STATE, _META = "state", "meta"
+_PACKED = "packed_leaves"  # the array of the small leaves' bytes
+# Orbax's work per array (most of a millisecond of CPU time) dwarfs copying a small leaf: leaves up
+# to this size are written as slices of one array.
+_PACK_BYTES = 1 << 20
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's name for a step directory being written
 
 
@@ -134,7 +140,7 @@ class Checkpointer:
         """Launches the write of `tree` as checkpoint `step`; False (nothing written) if a floating
         leaf is not finite. Raises `CheckpointError` if this or the previous write fails (earlier
         checkpoints stay as they were). Blocks for one copy of `tree` to the host (the finite
-        check and checksums) and for orbax's own copy; the file writes run in the background."""
+        check and checksums, then handed to orbax); the file writes run in the background."""
         if not _is_count(step) or step < 0:
             raise ValueError(f"step={step!r}: need an int >= 0")
         if self._read_only:
@@ -144,7 +150,8 @@ class Checkpointer:
         for leaf, spec in zip(leaves, specs, strict=True):
             if isinstance(leaf, jax.ShapeDtypeStruct):
                 raise ValueError(f"checkpoint leaf {spec.path} is abstract: save needs arrays")
-        finite, checksums = _digest_on_host(leaves)
+        host = _host_copies(leaves)
+        finite, checksums = _digest(host)
         if not finite:
             return False
         self.wait()
@@ -158,17 +165,27 @@ class Checkpointer:
             ) from error
         if step in self._manager.all_steps():
             raise CheckpointError(f"checkpoint {self._step_dir(step)} already exists")
+        packed, offsets = _pack(host)
         meta = {
             "format": FORMAT_VERSION,
             "fingerprint": self._fingerprint,
             "metadata": metadata,
             "leaves": [
-                {**dataclasses.asdict(spec), "checksum": int(checksum)}
-                for spec, checksum in zip(specs, checksums, strict=True)
+                {**dataclasses.asdict(spec), "checksum": int(checksum), "packed": offset}
+                for spec, checksum, offset in zip(specs, checksums, offsets, strict=True)
             ],
         }
         # Orbax refuses empty arrays (a zero-capacity buffer); `restore` makes them from `like`.
-        arrays = {_leaf_name(i): _stored_array(x) for i, x in enumerate(leaves) if x.size}
+        # It is given the host copies: it writes numpy arrays with far less work per array than
+        # jax.Arrays, and they are ours, not views of buffers that the next update may donate
+        # while the write runs in the background.
+        arrays = {
+            _leaf_name(i): x
+            for i, (x, offset) in enumerate(zip(host, offsets, strict=True))
+            if x.size and offset is None
+        }
+        if packed.size:
+            arrays[_PACKED] = packed
         try:
             self._manager.save(
                 step,
@@ -266,17 +283,19 @@ class Checkpointer:
                 step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()})
             )[_META]
             version = meta["format"]
-            if version == FORMAT_VERSION:
+            if version in _READS:
                 stored = [_Leaf(**_spec_fields(leaf)) for leaf in meta["leaves"]]
                 checksums = [int(leaf["checksum"]) for leaf in meta["leaves"]]
+                offsets = [leaf.get("packed") for leaf in meta["leaves"]]
                 fingerprint, metadata = meta["fingerprint"], meta["metadata"]
         except Exception as error:
             raise _UnreadableCheckpoint(
                 f"checkpoint {where} is unreadable: {_reason(error)}"
             ) from error
-        if version != FORMAT_VERSION:
+        if version not in _READS:
             raise CheckpointError(
-                f"checkpoint {where} has format {version!r}, this version reads {FORMAT_VERSION}"
+                f"checkpoint {where} has format {version!r}, this version reads up to "
+                f"{FORMAT_VERSION}"
             )
         difference = _first_difference(fingerprint, self._fingerprint)
         if difference is not None:
@@ -285,24 +304,42 @@ class Checkpointer:
                 f"checkpoint at {where} was written for {key}={saved}, this run has {current}"
             )
         _check_structure(where, stored, like_specs)
+        targets = [_restore_target(x, spec) for x, spec in zip(like_leaves, stored, strict=True)]
         target = {
-            _leaf_name(i): _restore_target(x, spec)
-            for i, (x, spec) in enumerate(zip(like_leaves, stored, strict=True))
-            if math.prod(spec.shape)
+            _leaf_name(i): leaf_target
+            for i, (leaf_target, spec, offset) in enumerate(
+                zip(targets, stored, offsets, strict=True)
+            )
+            if math.prod(spec.shape) and offset is None
         }
+        packed_bytes = max(
+            (offset + _nbytes(t) for t, offset in zip(targets, offsets) if offset is not None),
+            default=0,
+        )
+        if packed_bytes:
+            target[_PACKED] = np.zeros(packed_bytes, np.uint8)
         try:
             arrays = self._manager.restore(
                 step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(target)})
             )[_STATE]
+
+            def stored_array(i: int, offset: int | None) -> Any:  # None: an empty leaf
+                if offset is not None:
+                    return _unpack(arrays[_PACKED], offset, targets[i])
+                return arrays[_leaf_name(i)] if _leaf_name(i) in target else None
+
             leaves = [
-                _loaded_leaf(arrays[_leaf_name(i)] if _leaf_name(i) in target else None, x, spec)
-                for i, (x, spec) in enumerate(zip(like_leaves, stored, strict=True))
+                _loaded_leaf(stored_array(i, offset), x, spec)
+                for i, (x, spec, offset) in enumerate(
+                    zip(like_leaves, stored, offsets, strict=True)
+                )
             ]
         except Exception as error:
             # Orbax names the arrays by their key in the flat dict: name them by tree path.
             reason = re.sub(r"leaf_(\d{6})", lambda m: stored[int(m[1])].path, _reason(error))
+            reason = reason.replace(_PACKED, _packed_names(stored, offsets))
             raise _UnreadableCheckpoint(f"checkpoint {where} is unreadable: {reason}") from error
-        _, restored_checksums = _digest_on_host(leaves)
+        _, restored_checksums = _digest(jax.device_get([_stored_array(x) for x in leaves]))
         for spec, expected, got in zip(stored, checksums, restored_checksums, strict=True):
             if int(got) != expected:
                 raise _UnreadableCheckpoint(
@@ -403,6 +440,38 @@ def _restore_target(like_leaf: Any, spec: _Leaf) -> Any:
     return jax.ShapeDtypeStruct(abstract.shape, abstract.dtype, sharding=sharding)
 
 
+def _nbytes(target: Any) -> int:
+    return math.prod(target.shape) * np.dtype(target.dtype).itemsize
+
+
+def _pack(host: list[np.ndarray]) -> tuple[np.ndarray, list[int | None]]:
+    """The bytes of the non-empty leaves of at most `_PACK_BYTES`, one after the other, and each
+    leaf's byte offset there (None: written as an array of its own, or empty)."""
+    chunks, offsets, end = [], [], 0
+    for x in host:
+        if 0 < x.nbytes <= _PACK_BYTES:
+            chunks.append(np.ascontiguousarray(x).reshape(-1).view(np.uint8))
+            offsets.append(end)
+            end += x.nbytes
+        else:
+            offsets.append(None)
+    return (np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)), offsets
+
+
+def _packed_names(stored: list[_Leaf], offsets: list[int | None], shown: int = 5) -> str:
+    """What an error about the packed array names: its first leaves' paths."""
+    paths = [spec.path for spec, offset in zip(stored, offsets) if offset is not None]
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    return f"the packed leaves {', '.join(paths[:shown])}{more}"
+
+
+def _unpack(packed: np.ndarray, offset: int, target: Any) -> Any:
+    """A packed leaf as `_restore_target` describes it: numpy, or a jax array on its sharding."""
+    data = np.asarray(packed)[offset : offset + _nbytes(target)]
+    array = data.view(np.dtype(target.dtype)).reshape(target.shape).copy()
+    return array if isinstance(target, np.ndarray) else jax.device_put(array, target.sharding)
+
+
 def _loaded_leaf(array: Any, like_leaf: Any, spec: _Leaf) -> Any:
     """The restored leaf: `array` (None for an empty leaf, made like `like_leaf`), typed back into
     a PRNG key if it was one."""
@@ -448,13 +517,18 @@ def _spec_fields(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------- digest
-def _digest_on_host(leaves: list[Any]) -> tuple[bool, list[int]]:
-    """`(every floating value finite, CRC-32 of each leaf's bytes)`, computed on the host.
+def _host_copies(leaves: list[Any]) -> list[np.ndarray]:
+    """What is written of each leaf (see `_stored_array`) as a numpy array of its own: on CPU,
+    `device_get` may return a view of the device buffer."""
+    return [np.array(x) for x in jax.device_get([_stored_array(x) for x in leaves])]
+
+
+def _digest(host: list[Any]) -> tuple[bool, list[int]]:
+    """`(every floating value finite, CRC-32 of each leaf's bytes)` of host arrays.
 
     Host numpy, not a jitted reduction: XLA would compile a program per state structure (seconds
     for a few hundred leaves on CPU), where this pass costs one device-to-host copy per save.
     """
-    host = jax.device_get([_stored_array(x) for x in leaves])
     finite, checksums = True, []
     for x in host:
         x = np.ascontiguousarray(x)

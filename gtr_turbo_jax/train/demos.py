@@ -3,9 +3,12 @@ teacher's replies (host side, plain Python and numpy; nothing here runs inside j
 
 The expert (`expert_move`) reads the env's prompt fields of one state (unbatched numpy) and returns
 its action with a one-sentence reason:
-- sokoban: the first move of a shortest solution (`envs.sokoban.solve`, A*, cached per grid);
+- sokoban: a first move of a shortest solution (`envs.sokoban.solve`, A*, cached per grid);
   following it solves a level in exactly its A* length. The reason names the plan's next push:
-  which box goes which way to which cell (its target), and where the player must stand. A state with no
+  which box goes which way to which cell (its target), and where the player must stand. The walk
+  to that cell follows a fixed rule (`_walk_move`: close the row gap first, then the column gap,
+  whenever that move is on a shortest walk) instead of A*'s arbitrary tie-break between equally
+  short walks, so the move can be read off the two cells the thoughts name. A state with no
   solution (a box in a dead cell, a deadlock) gets `SOKOBAN_STUCK_ACTION` and `solvable=False`.
 - points24 / ezpoints: the next token of the chosen solution that extends the current formula
   (blanks of rejected numbers are skipped, as the env's evaluator skips them); the chosen solution
@@ -41,7 +44,7 @@ from transformers import PreTrainedTokenizerBase
 
 from gtr_turbo_jax import envs
 from gtr_turbo_jax.envs.cards.solver import solve
-from gtr_turbo_jax.envs.sokoban.levels import ACTION_DELTAS, BOX, BOX_ON_TARGET
+from gtr_turbo_jax.envs.sokoban.levels import ACTION_DELTAS, BOX, BOX_ON_TARGET, WALL
 from gtr_turbo_jax.envs.sokoban.solver import solve as solve_sokoban
 from gtr_turbo_jax.rollout.metrics import FORMULA_BLANK, describe_state
 from gtr_turbo_jax.text import replies
@@ -129,6 +132,37 @@ def _next_push(grid: np.ndarray, player: np.ndarray, plan: Sequence[int]):
     return (*first, tracked)
 
 
+def _walk_move(grid: np.ndarray, player: tuple[int, int], stand: tuple[int, int]) -> int:
+    """The first move of a shortest walk from `player` to `stand` (walls and boxes block): the
+    vertical move toward `stand`'s row if it is on one, else the horizontal move toward its
+    column, else the first such move in action order. Any shortest walk keeps the solution
+    optimal (the plan walks there before its first push, with the boxes still in place)."""
+    free = ~np.isin(grid, (WALL, BOX, BOX_ON_TARGET))
+    dist = np.full(grid.shape, -1)
+    dist[stand] = 0
+    frontier = [stand]
+    while frontier:  # breadth-first from the standing cell
+        following = []
+        for r, c in frontier:
+            for dr, dc in ACTION_DELTAS:
+                n = (r + dr, c + dc)
+                if 0 <= n[0] < grid.shape[0] and 0 <= n[1] < grid.shape[1]:
+                    if free[n] and dist[n] < 0:
+                        dist[n] = dist[r, c] + 1
+                        following.append(n)
+        frontier = following
+    rows, cols = np.sign(stand[0] - player[0]), np.sign(stand[1] - player[1])
+    preferred = [ACTION_DELTAS.index((rows, 0))] if rows else []
+    preferred += [ACTION_DELTAS.index((0, cols))] if cols else []
+    for action in preferred + list(range(len(ACTION_DELTAS))):
+        dr, dc = ACTION_DELTAS[action]
+        n = (player[0] + dr, player[1] + dc)
+        inside = 0 <= n[0] < grid.shape[0] and 0 <= n[1] < grid.shape[1]
+        if inside and free[n] and dist[n] == dist[player] - 1:
+            return action
+    raise ValueError(f"no walk from {player} to {stand} in grid {grid.tolist()}")
+
+
 def _sokoban_move(fields: Fields) -> ExpertMove:
     grid = _get(fields, "grid").astype(np.int8)
     player = _get(fields, "player")
@@ -142,9 +176,10 @@ def _sokoban_move(fields: Fields) -> ExpertMove:
         reason = f"Every box is on a target already: {names[SOKOBAN_STUCK_ACTION]}."
         return ExpertMove(SOKOBAN_STUCK_ACTION, reason, True)
     box, push, stand, target = _next_push(grid, player, plan)
-    action = plan[0]
+    here = (int(player[0]), int(player[1]))
+    action = push if here == stand else _walk_move(grid, here, stand)
     goal = f"The box at {_cell(box)} goes {DIRECTION_WORDS[push]} to {_cell(target)}"
-    if action == push and tuple(map(int, player)) == stand:
+    if here == stand:
         reason = f"{goal}; I stand behind it, so I push {names[action]}."
     else:
         reason = f"{goal}; I must stand at {_cell(stand)}, so I move {names[action]}."

@@ -6,7 +6,8 @@ Sections (every key has a default here; an env file changes what differs for its
 - `model`: `size` (a named config: micro, tiny, qwen2.5-vl-3b, qwen2.5-vl-7b), `path` (a local
   Hugging Face directory; empty: random init of `size`, the tiny CPU default), `dtype`, LoRA
   (`lora_rank` 0: every parameter trains), the value head's hidden `value_widths`;
-- `prompt`: `style` (full / brief), `history_length`;
+- `prompt`: `style` (full / brief), `history_length`, `positions` (Sokoban: list the player, box
+  and target cells in the prompt, the tiny default's symbolic hint);
 - `sampling`: the rollout sampler (the paper: temperature 0.2, top-k 5, repetition penalty 1.2);
   `eval_temperature` 0 plays greedily at evaluation;
 - `format_reward`: added to every reply's advantage, `valid` / `invalid`;
@@ -72,7 +73,11 @@ def base_config(env: dict[str, Any], model: str = "tiny") -> ml_collections.Conf
                 "lora_dropout": 0.05 if not small else 0.0,
                 "init_seed": 0,
             },
-            "prompt": {"style": "brief" if small else "full", "history_length": 0},
+            "prompt": {
+                "style": "brief" if small else "full",
+                "history_length": 0,
+                "positions": False,
+            },
             # METHOD.md section 1: the paper's sampling settings.
             "sampling": {
                 "temperature": 0.2,
@@ -99,7 +104,7 @@ def base_config(env: dict[str, Any], model: str = "tiny") -> ml_collections.Conf
                 "record_episodes": 2,
             },
             "warm_start": {
-                "steps": 300 if small else 0,
+                "steps": 600 if small else 0,
                 "batch_size": 16,
                 "learning_rate": 1e-3,
                 "demos": 2048,
@@ -260,6 +265,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.prompt.style not in STYLES:
         raise ConfigError(
             f"config key 'prompt.style'={config.prompt.style!r}: valid: {', '.join(STYLES)}"
+        )
+    if config.prompt.positions and config.env.name != "sokoban":
+        raise ConfigError(
+            f"config key 'prompt.positions'=True lists Sokoban's cells; env {config.env.name!r} "
+            "has none (set it False)"
         )
     if config.prompt.history_length < 0:
         raise ConfigError(

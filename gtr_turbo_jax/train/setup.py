@@ -134,6 +134,7 @@ def build_setup(config: ml_collections.ConfigDict) -> RunSetup:
         image_tokens,
         history_length=config.prompt.history_length,
         style=config.prompt.style,
+        positions=config.prompt.positions,
     )
     spec = make_reply_spec(tokenizer, env.action_names)
     special = special_token_ids(tokenizer)

@@ -224,12 +224,9 @@ class Trainer:
         }
 
     def evaluate(self, state: TrainState, update: int) -> dict[str, float]:
-        result = self.evaluator(
-            state.base,
-            state.policy,
-            state.value_head,
-            jax.random.fold_in(self.keys["eval"], update),
-        )
+        # The same key at every evaluation: the same held-out levels (and, when sampling, the
+        # same draws), so the warm start and the trained model are compared pair for pair.
+        result = self.evaluator(state.base, state.policy, state.value_head, self.keys["eval"])
         if result.episodes and self.config.train.record_episodes:
             self._record(result.episodes, update)
         return {f"eval/{k}": float(v) for k, v in result.metrics.items()}

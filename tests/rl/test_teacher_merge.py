@@ -18,7 +18,8 @@ from gtr_turbo_jax.rl import (
     sma_weights,
     ties_merge,
 )
-from gtr_turbo_jax.rl.merge import lora_task_products
+from gtr_turbo_jax.rl import merge as merge_module
+from gtr_turbo_jax.rl.merge import kth_largest_magnitude, lora_task_products
 
 
 def ties_reference(stack, weights, density, scale=1.0):
@@ -278,3 +279,76 @@ def test_lora_task_products_are_the_dense_task_vectors():
     # With b0 = 0 they are the products of the snapshots' factors (what `merge_lora` merges).
     zero = lora_task_products(delta_a, delta_b, a0, np.zeros_like(b0), 2.0)
     np.testing.assert_allclose(zero, lora_product(a0 + delta_a, delta_b, 2.0), rtol=1e-5, atol=1e-5)
+
+
+def tied_stack(seed, shape):
+    """Few distinct values, zeros and -0.0 among them: most entries tie with the k-th largest."""
+    values = np.array([0.0, -0.0, 0.5, -0.5, 1.0, -1.0, 2.0, -2.0], np.float32)
+    return np.random.default_rng(seed).choice(values, size=shape)
+
+
+@pytest.mark.parametrize("float_counts", [True, False])
+def test_kth_largest_magnitude_is_the_sorted_entry_bit_for_bit(float_counts, monkeypatch):
+    if not float_counts:  # the int32 counts of rows longer than float32 counts exactly
+        monkeypatch.setattr(merge_module, "_EXACT_FLOAT_COUNT", 4)
+    rng = np.random.default_rng(14)
+    subnormal = np.finfo(np.float32).smallest_subnormal
+    rows = np.stack(
+        [
+            np.abs(tied_stack(15, 12)),
+            np.abs(rng.normal(size=12)).astype(np.float32),
+            np.zeros(12, np.float32),
+            np.array([0, 1, 1, np.inf, np.nan, 3e38, 5, 0, np.inf, 2, 1e-30, 0.5], np.float32),
+            np.array([0, subnormal, 2 * subnormal, 1e-38, 1e-37, 0, 7, 7, 0, 1, 2, 3], np.float32),
+        ]
+    )
+    # The trim as before: entries at or above the k-th of a sort (XLA's sort and comparisons
+    # treat subnormals as 0, so only the trim, not the threshold, is comparable on that row).
+    trim = jax.jit(lambda m, kth: m >= kth[:, None])
+    for keep in range(1, 13):
+        got = kth_largest_magnitude(jnp.asarray(rows), keep)
+        expected = np.sort(rows, axis=1)[:, 12 - keep]  # NaN sorts last, as in jnp.sort
+        assert np.asarray(got).tobytes() == expected.tobytes(), keep
+        by_sort = jnp.sort(jnp.asarray(rows), axis=1)[:, 12 - keep]
+        np.testing.assert_array_equal(trim(rows, got), trim(rows, by_sort), err_msg=str(keep))
+
+
+@pytest.mark.parametrize("density", [0.1, 0.3, 0.5, 0.8, 1.0])
+def test_ties_keeps_every_entry_tied_with_the_threshold(density):
+    deltas = {"tied": tied_stack(16, (4, 5, 6)), "zeros": np.zeros((4, 7), np.float32)}
+    deltas["tied"][2] = 0.0  # a snapshot of zeros: everything ties at 0
+    weights = np.array([0.25, 0.5, 0.125, 0.125], np.float32)
+    merged = ties_merge(deltas, weights, density, scale=1.5)
+    for name, stack in deltas.items():
+        expected = ties_reference(stack, weights, density, 1.5)
+        np.testing.assert_allclose(merged[name], expected, rtol=1e-6, atol=0, err_msg=name)
+
+
+def ties_float32_reference(stack, weights, density):
+    """TIES in float32 numpy with a sorted threshold and the snapshot sums in slot order."""
+    flat = stack.reshape(len(stack), -1).astype(np.float32)
+    keep = math.ceil(Fraction(str(density)) * flat.shape[1])
+    kth = np.sort(np.abs(flat), axis=1)[:, flat.shape[1] - keep]
+    trimmed = np.where(np.abs(flat) >= kth[:, None], flat, np.float32(0))
+    weighted = weights[:, None] * trimmed
+    in_order = lambda rows: sum(rows, np.zeros(flat.shape[1], np.float32))
+    sign = np.where(in_order(weighted) >= 0, np.float32(1), np.float32(-1))
+    agrees = (trimmed != 0) & (np.sign(trimmed) == sign)
+    total = in_order(np.where(agrees, weighted, np.float32(0)))
+    norm = in_order(np.where(agrees, weights[:, None], np.float32(0)))
+    merged = np.where(norm > 0, total / np.where(norm > 0, norm, np.float32(1)), np.float32(0))
+    return merged.reshape(stack.shape[1:])
+
+
+@pytest.mark.parametrize("num_snapshots", [1, 4, 8])
+def test_ties_matches_a_float32_transcription_bit_for_bit(num_snapshots):
+    rng = np.random.default_rng(17)
+    deltas = {
+        "normal": rng.normal(size=(num_snapshots, 64, 256)).astype(np.float32),
+        "tied": tied_stack(18, (num_snapshots, 300)),
+    }
+    weights = rng.uniform(0.1, 1.0, num_snapshots).astype(np.float32)
+    merged = ties_merge(deltas, weights, density=0.8)
+    for name, stack in deltas.items():
+        expected = ties_float32_reference(stack, weights, 0.8)
+        assert np.asarray(merged[name]).tobytes() == expected.tobytes(), name

@@ -15,7 +15,7 @@ from flax import nnx
 from gtr_turbo_jax import envs
 from gtr_turbo_jax.models import LoRAConfig, ValueHead, from_pretrained, get_config
 from gtr_turbo_jax.models.testing import write_random_checkpoint
-from gtr_turbo_jax.rollout.multiturn import make_rollout
+from gtr_turbo_jax.rollout.multiturn import make_rollout, stacked_patches
 from gtr_turbo_jax.rollout.sampler import SampleOutput, SamplingConfig
 from gtr_turbo_jax.text import replies
 from gtr_turbo_jax.text.image import ImageConfig, num_image_tokens, preprocess_images
@@ -182,6 +182,10 @@ def test_sampled_rollout_shapes_masks_and_prompts(setup, sampled_run):
     host_valid = np.asarray([replies.is_valid_reply(t) for t in texts]).reshape(mask.shape[:2])
     np.testing.assert_array_equal(batch.valid, host_valid)
     np.testing.assert_array_equal(batch.format_reward, np.where(host_valid, *FORMAT))
+    # The patches the Batch holds (made after the scan) are the first observations' own (to the
+    # last bit of float32: the jitted preprocessing is fused, the reference runs op by op).
+    expected = preprocess_images(state.obs["image"], IMAGE_CONFIG).pixel_values
+    np.testing.assert_allclose(batch.image_patches[0], expected, rtol=1e-6, atol=1e-6)
     # The first turn's prompts are the host encoding of the initial observations.
     for e in range(ENVS):
         fields = {k: np.asarray(v[e]) for k, v in state.obs.items() if k != "image"}
@@ -191,6 +195,14 @@ def test_sampled_rollout_shapes_masks_and_prompts(setup, sampled_run):
         ids, pmask = np.asarray(batch.prompt_ids[0, e]), np.asarray(batch.prompt_mask[0, e])
         np.testing.assert_array_equal(ids[pmask > 0], expected)
         assert pmask[-len(expected) :].all() and not pmask[: -len(expected)].any()
+
+
+def test_stacked_patches_equal_each_turns_preprocessing():
+    images = np.random.default_rng(0).integers(0, 256, (3, 2, 28, 56, 3), dtype=np.uint8)
+    stacked = stacked_patches(jnp.asarray(images), IMAGE_CONFIG)
+    for turn, turn_images in enumerate(images):
+        expected = preprocess_images(jnp.asarray(turn_images), IMAGE_CONFIG).pixel_values
+        np.testing.assert_array_equal(stacked[turn], expected)
 
 
 def test_sampled_rollout_env_and_values(setup, value_fn, sampled_run):

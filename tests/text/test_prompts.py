@@ -138,3 +138,38 @@ def test_brief_style_is_shorter_and_unknown_style_is_one_line(tokenizer):
     assert brief.max_length < 0.5 * full.max_length
     with pytest.raises(ValueError, match="style='short'.*full, brief"):
         prompts.make_template("sokoban", env, tokenizer, 9, style="short")
+
+
+@pytest.mark.parametrize("style", prompts.STYLES)
+@pytest.mark.parametrize("size, num_boxes", [((6, 6), 1), ((8, 8), 2)])
+def test_positions_list_the_cells_of_the_grid(tokenizer, style, size, num_boxes):
+    """`positions=True`: the assembled prompt equals `encode_chat` of its text, and the cells it
+    lists are those a row-major scan of the grid finds (checked on the host, independently)."""
+    env, params = envs.make("sokoban", size=size, num_boxes=num_boxes)
+    template = prompts.make_template("sokoban", env, tokenizer, 4, style=style, positions=True)
+    batch = random_fields(env, params, STATES, seed=3)
+    ids, mask = jax.jit(jax.vmap(lambda f: prompts.assemble(template, f)))(batch)
+    ids, mask = np.asarray(ids), np.asarray(mask)
+    box_cells, target_cells = (3, 4), (2, 3, 6)  # box on target, box; target, box on, player on
+    for row in range(STATES):
+        fields = jax.tree.map(lambda x, r=row: x[r], batch)
+        expected = prompts.encode_prompt(tokenizer, template, env, fields, 4)
+        np.testing.assert_array_equal(ids[row][mask[row]], expected)
+        grid, (pr, pc) = fields["grid"], fields["player"]
+        listed = [f" player ({pr}, {pc})"]
+        for kind, codes in (("box", box_cells), ("target", target_cells)):
+            cells = [(r, c) for r in range(size[0]) for c in range(size[1]) if grid[r, c] in codes]
+            assert len(cells) == num_boxes
+            listed += [f" {kind} ({r}, {c})" for r, c in cells]
+        cells_text = prompts.POSITIONS_TEXT.format(
+            player=listed[0],
+            box="".join(listed[1 : 1 + num_boxes]),
+            target="".join(listed[1 + num_boxes :]),
+        )
+        assert cells_text in prompts.prompt_text(template, env, fields)
+
+
+def test_positions_are_for_sokoban_only(tokenizer):
+    env, _ = envs.make("numberline")
+    with pytest.raises(ValueError, match="positions=True lists Sokoban's cells"):
+        prompts.make_template("numberline", env, tokenizer, 4, positions=True)

@@ -159,6 +159,43 @@ def test_round_trip_is_bitwise(tmp_path, train_states):
     assert_bitwise_equal(again, tree)
 
 
+def test_small_leaves_are_packed_and_format_1_still_reads(tmp_path, monkeypatch):
+    big = jnp.arange((1 << 18) + 1, dtype=jnp.float32)  # just over 1 MiB: an array of its own
+    tree = {
+        **tiny_tree(3),
+        "big": big,
+        "half": jnp.asarray([1.5, -2.25], jnp.bfloat16),
+        "flags": jnp.asarray([True, False, True]),
+        "empty": jnp.zeros((0, 4), jnp.int32),
+        "host": np.arange(5, dtype=np.int8),
+    }
+    like = jax.tree.map(jnp.zeros_like, {**tree, "key": jax.random.key(0)})
+    like["host"] = np.zeros(5, np.int8)
+    with Checkpointer(tmp_path, fingerprint=FINGERPRINT) as checkpointer:
+        checkpointer.save(1, tree, metadata={})
+        checkpointer.wait()
+        meta = json.loads((tmp_path / "1" / "meta" / "metadata").read_text())
+        packed = {leaf["path"]: leaf["packed"] for leaf in meta["leaves"]}
+        assert meta["format"] == 2 and packed["['big']"] is None and packed["['empty']"] is None
+        assert all(packed[f"['{name}']"] is not None for name in ("w", "key", "n", "half", "host"))
+        _, restored, _ = checkpointer.restore(like)
+        assert_bitwise_equal(restored, tree)
+        assert (
+            isinstance(restored["host"], np.ndarray) and restored["key"].dtype == like["key"].dtype
+        )
+        # Format 1: every leaf an array of its own, no offsets in the metadata.
+        monkeypatch.setattr(checkpoint_module, "_PACK_BYTES", 0)
+        checkpointer.save(2, tree, metadata={})
+        checkpointer.wait()
+    meta_file = tmp_path / "2" / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    leaves = [{k: v for k, v in leaf.items() if k != "packed"} for leaf in meta["leaves"]]
+    meta_file.write_text(json.dumps({**meta, "format": 1, "leaves": leaves}))
+    monkeypatch.undo()
+    _, restored, _ = Checkpointer(tmp_path, fingerprint=FINGERPRINT).restore(like, step=2)
+    assert_bitwise_equal(restored, tree)
+
+
 @pytest.mark.parametrize("keep_last,keep_best", [(2, 1), (1, 2), (3, 0)])
 def test_retention_keeps_last_and_best(tmp_path, keep_last, keep_best):
     metrics = [0.5, 0.9, None, 0.1, math.nan, 0.2, 0.7]
@@ -212,7 +249,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
     # A checkpoint from a later version of this format.
     meta_file = tmp_path / "40" / "meta" / "metadata"
     meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "format": 99}))
-    with pytest.raises(CheckpointError, match=r"/40 has format 99, this version reads 1$"):
+    with pytest.raises(CheckpointError, match=r"/40 has format 99, this version reads up to 2$"):
         Checkpointer(tmp_path, fingerprint=FINGERPRINT).restore(tiny_tree(0))
 
 

@@ -85,6 +85,24 @@ def test_sokoban_reason_names_the_next_push():
     assert move.action == 3 and move.reason.endswith("I stand behind it, so I push Right.")
 
 
+def test_sokoban_walk_closes_the_row_gap_first_when_it_can():
+    # The box at (1, 4) goes left, from (1, 5); the player at (3, 1) has several equally short
+    # walks there: the rule takes Up (row gap first) while that is on a shortest walk.
+    grid = parse_grid("#######\n#O__X_#\n#_____#\n#P____#\n#######")
+    fields = {"grid": grid, "player": np.asarray([3, 1], np.int32)}
+    move = D.expert_move("sokoban", fields)
+    assert move.reason.startswith("The box at (1, 4) goes left to (1, 1); I must stand at (1, 5)")
+    assert move.action == 0  # Up
+    # A wall above the player: Up is no longer on a shortest walk, so the column gap: Right.
+    grid = parse_grid("#######\n#O__X_#\n##____#\n#P____#\n#######")
+    fields = {"grid": grid, "player": np.asarray([3, 1], np.int32)}
+    assert D.expert_action("sokoban", fields) == 3
+    # On the standing cell's row: Right, though Down starts an equally short walk too.
+    grid = parse_grid("#######\n#OP_X_#\n#_____#\n#_____#\n#######")
+    fields = {"grid": grid, "player": np.asarray([1, 2], np.int32)}
+    assert D.expert_action("sokoban", fields) == 3
+
+
 @functools.cache
 def _env(env_name):
     return envs.make(env_name)[0]
