@@ -138,27 +138,30 @@ def _walk_move(grid: np.ndarray, player: tuple[int, int], stand: tuple[int, int]
     column, else the first such move in action order. Any shortest walk keeps the solution
     optimal (the plan walks there before its first push, with the boxes still in place)."""
     free = ~np.isin(grid, (WALL, BOX, BOX_ON_TARGET))
+
+    def neighbour(cell: tuple[int, int], action: int) -> tuple[int, int] | None:
+        """The free cell `action` leads to from `cell`, or None."""
+        r, c = cell[0] + ACTION_DELTAS[action][0], cell[1] + ACTION_DELTAS[action][1]
+        inside = 0 <= r < grid.shape[0] and 0 <= c < grid.shape[1]
+        return (r, c) if inside and free[r, c] else None
+
     dist = np.full(grid.shape, -1)
     dist[stand] = 0
     frontier = [stand]
     while frontier:  # breadth-first from the standing cell
         following = []
-        for r, c in frontier:
-            for dr, dc in ACTION_DELTAS:
-                n = (r + dr, c + dc)
-                if 0 <= n[0] < grid.shape[0] and 0 <= n[1] < grid.shape[1]:
-                    if free[n] and dist[n] < 0:
-                        dist[n] = dist[r, c] + 1
-                        following.append(n)
+        for cell in frontier:
+            for n in filter(None, (neighbour(cell, a) for a in range(len(ACTION_DELTAS)))):
+                if dist[n] < 0:
+                    dist[n] = dist[cell] + 1
+                    following.append(n)
         frontier = following
     rows, cols = np.sign(stand[0] - player[0]), np.sign(stand[1] - player[1])
     preferred = [ACTION_DELTAS.index((rows, 0))] if rows else []
     preferred += [ACTION_DELTAS.index((0, cols))] if cols else []
     for action in preferred + list(range(len(ACTION_DELTAS))):
-        dr, dc = ACTION_DELTAS[action]
-        n = (player[0] + dr, player[1] + dc)
-        inside = 0 <= n[0] < grid.shape[0] and 0 <= n[1] < grid.shape[1]
-        if inside and free[n] and dist[n] == dist[player] - 1:
+        n = neighbour(player, action)
+        if n is not None and dist[n] == dist[player] - 1:
             return action
     raise ValueError(f"no walk from {player} to {stand} in grid {grid.tolist()}")
 
