@@ -1,5 +1,6 @@
 """Sokoban, 6x6 with one box (METHOD.md section 5; follows RAGEN/VAGEN): the default of
-`make train ENV=sokoban`. Hard variant: `--config.env.size="(8, 8)" --config.env.num_boxes=2`.
+`make train ENV=sokoban`. Hard variant: `--config.env.size="(8, 8)" --config.env.num_boxes=2
+--config.sampling.max_new_tokens=128` (two boxes make the tiny default's thoughts longer).
 `--config=configs/sokoban.py:qwen2.5-vl-3b --config.model.path=DIR` for a real model."""
 
 from gtr_turbo_jax.train.run_config import base_config

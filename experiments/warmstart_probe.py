@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import time
 
 import jax
@@ -37,24 +38,31 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--demos", type=int, default=2048)
+    parser.add_argument("--demos", type=int, default=None, help="default: the config's")
+    parser.add_argument("--noise", type=float, default=None, help="default: the config's")
     parser.add_argument("--probe", type=int, default=256, help="held-out expert states scored")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save", default="", help="pickle the trained parameters to this file")
     args, overrides = parser.parse_known_args()
-    setup = build_setup(load_config(args.env, overrides))
+    config = load_config(args.env, overrides)
+    setup = build_setup(config)
+    num_demos = args.demos or config.warm_start.demos
+    noise = config.warm_start.noise if args.noise is None else args.noise
     model, _ = build_model(setup)
     key = jax.random.key(args.seed)
     demo_key, probe_key, train_key = jax.random.split(key, 3)
     style = setup.template.style
     width = setup.sampling.max_new_tokens
 
-    def encoded(env, params, k, count):
-        demos = collect_demos(setup.env_name, env, params, k, count, style=style)
+    def encoded(env, params, k, count, noise=0.0):
+        demos = collect_demos(setup.env_name, env, params, k, count, noise=noise, style=style)
         return demos, encode_demos(
             demos, setup.template, setup.tokenizer, setup.image_config, width
         )
 
-    _, train_set = encoded(setup.env, setup.env_params, demo_key, args.demos)
+    collect_start = time.perf_counter()
+    _, train_set = encoded(setup.env, setup.env_params, demo_key, num_demos, noise)
+    collect_seconds = time.perf_counter() - collect_start
     probe, probe_set = encoded(setup.eval_env, setup.eval_params, probe_key, args.probe)
     graphdef, trainable, base = split_model(model)
     start = time.perf_counter()
@@ -66,6 +74,9 @@ def main() -> None:
     )
     trainable, losses = warm_start(graphdef, base, trainable, train_set, config, train_key)
     seconds = time.perf_counter() - start
+    if args.save:
+        with open(args.save, "wb") as file:
+            pickle.dump(jax.device_get(trainable), file)
     eos = setup.sampling.eos_ids[0]
     actions, legal = greedy_actions(graphdef, base, trainable, probe_set, setup.spec, eos)
 
@@ -92,6 +103,9 @@ def main() -> None:
         "env": setup.env_name,
         "steps": args.steps,
         "learning_rate": args.lr,
+        "demos": num_demos,
+        "noise": noise,
+        "collect_seconds": round(collect_seconds, 1),
         "seconds_per_step": round(seconds / args.steps, 3),
         "loss_last10": round(float(np.mean(losses[-10:])), 4),
         "action_accuracy": round(float(np.mean(actions == probe_set.actions)), 4),

@@ -156,6 +156,9 @@ class Slot:
     name: str
     renderings: tuple[str, ...]  # row r of the table is the tokenization of renderings[r]
     symbols: Callable[[Mapping[str, jax.Array]], tuple[jax.Array, jax.Array]]
+    # Tokens the slot can take at most, given each rendering's token count; None: every position
+    # at its longest rendering.
+    max_tokens: Callable[[np.ndarray], int] | None = None
 
 
 @jax.tree_util.register_static
@@ -184,7 +187,8 @@ def _formula_slot(env: Any) -> Slot:
 
 
 def _grid_slot(env: Any) -> Slot:
-    from gtr_turbo_jax.envs.sokoban import GRID_SYMBOLS
+    from gtr_turbo_jax.envs.sokoban import levels
+    from gtr_turbo_jax.envs.sokoban.levels import GRID_SYMBOLS
 
     # Rows 0..n-1: a cell; rows n..2n-1: the same cell ending its row (with the newline).
     renderings = tuple(" " + s for s in GRID_SYMBOLS) + tuple(" " + s + "\n" for s in GRID_SYMBOLS)
@@ -196,7 +200,28 @@ def _grid_slot(env: Any) -> Slot:
         ids = grid + jnp.where(last_column, len(GRID_SYMBOLS), 0)
         return ids.reshape(-1), jnp.ones(height * width, bool)
 
-    return Slot("grid", renderings, rows)
+    def max_tokens(lengths: np.ndarray) -> int:
+        # Walls and floor fill any cell; the other symbols have a few cells at most: one player
+        # (P or S), num_boxes boxes (X or √) and num_boxes bare targets (O). Each of those can
+        # cost a cell's wall-or-floor length plus its own extra.
+        n = len(GRID_SYMBOLS)
+        plain = [max(lengths[o + levels.WALL], lengths[o + levels.FLOOR]) for o in (0, n)]
+        total = height * ((width - 1) * plain[0] + plain[1])
+
+        def extra(*symbols: int) -> int:
+            return max(
+                max(lengths[o + s] - plain[i] for i, o in enumerate((0, n))) for s in symbols
+            )
+
+        boxes = env.num_boxes
+        return (
+            total
+            + max(extra(levels.PLAYER, levels.PLAYER_ON_TARGET), 0)
+            + boxes
+            * (max(extra(levels.BOX, levels.BOX_ON_TARGET), 0) + max(extra(levels.TARGET), 0))
+        )
+
+    return Slot("grid", renderings, rows, max_tokens)
 
 
 def _cells_slot(env: Any, kind: str) -> Slot:
@@ -316,14 +341,18 @@ def make_template(
         for r, ids in enumerate(encoded):
             table[r, : len(ids)] = ids
         tables[name] = (table, np.asarray([len(ids) for ids in encoded], np.int32))
-    # Longest prompt: every slot position present with its longest rendering.
+    # Longest prompt: each slot at its bound (default: every position at its longest rendering).
     fields = jax.eval_shape(lambda: env.prompt_fields(*_dummy_state(env)))
     fields["history"] = jax.ShapeDtypeStruct((history_length,), jnp.int32)
     max_length = 0
     for piece in pieces:
         if isinstance(piece, Slot):
+            lengths = tables[piece.name][1]
+            if piece.max_tokens is not None:
+                max_length += int(piece.max_tokens(lengths))
+                continue
             count = jax.eval_shape(piece.symbols, fields)[0].shape[0]
-            max_length += count * int(tables[piece.name][1].max())
+            max_length += count * int(lengths.max())
         else:
             max_length += len(piece)
     return PromptTemplate(

@@ -4,12 +4,13 @@ teacher's replies (host side, plain Python and numpy; nothing here runs inside j
 The expert (`expert_move`) reads the env's prompt fields of one state (unbatched numpy) and returns
 its action with a one-sentence reason:
 - sokoban: a first move of a shortest solution (`envs.sokoban.solve`, A*, cached per grid);
-  following it solves a level in exactly its A* length. The reason names the plan's next push:
-  which box goes which way to which cell (its target), and where the player must stand. The walk
-  to that cell follows a fixed rule (`_walk_move`: close the row gap first, then the column gap,
-  whenever that move is on a shortest walk) instead of A*'s arbitrary tie-break between equally
-  short walks, so the move can be read off the two cells the thoughts name. A state with no
-  solution (a box in a dead cell, a deadlock) gets `SOKOBAN_STUCK_ACTION` and `solvable=False`.
+  following it solves a level in exactly its A* length. The reason names the plan's next push
+  (which box goes which way, from which cell) and, while the player walks to that cell, the gap
+  it closes with both numbers side by side ("row 4 to 1 is up"), so each decision in the thought
+  is a comparison of nearby numbers. The walk follows a fixed rule (`_walk_move`: close the row
+  gap first, then the column gap, whenever that move is on a shortest walk; otherwise the
+  reason says "but blocked") instead of A*'s arbitrary tie-break between equally short walks. A
+  state with no solution (a box in a dead cell, a deadlock) gets `SOKOBAN_STUCK_ACTION` and `solvable=False`.
 - points24 / ezpoints: the next token of the chosen solution that extends the current formula
   (blanks of rejected numbers are skipped, as the env's evaluator skips them); the chosen solution
   is the one with the fewest tokens, ties broken by its text, so the plan stays the same along an
@@ -178,14 +179,21 @@ def _sokoban_move(fields: Fields) -> ExpertMove:
     if not plan:
         reason = f"Every box is on a target already: {names[SOKOBAN_STUCK_ACTION]}."
         return ExpertMove(SOKOBAN_STUCK_ACTION, reason, True)
-    box, push, stand, target = _next_push(grid, player, plan)
+    box, push, stand, _ = _next_push(grid, player, plan)
     here = (int(player[0]), int(player[1]))
+    goal = f"Push the box at {_cell(box)} {DIRECTION_WORDS[push]} from {_cell(stand)}"
     action = push if here == stand else _walk_move(grid, here, stand)
-    goal = f"The box at {_cell(box)} goes {DIRECTION_WORDS[push]} to {_cell(target)}"
-    if here == stand:
-        reason = f"{goal}; I stand behind it, so I push {names[action]}."
-    else:
-        reason = f"{goal}; I must stand at {_cell(stand)}, so I move {names[action]}."
+    # Both gaps to the pushing cell, each with its two numbers side by side: every decision in
+    # the thought is a comparison of adjacent numbers, which a small model learns quickly.
+    gaps, decided = [], False
+    for axis, name in enumerate(("row", "column")):
+        step = tuple(int(np.sign(stand[i] - here[i])) * (i == axis) for i in (0, 1))
+        word = DIRECTION_WORDS[ACTION_DELTAS.index(step)] if any(step) else "level"
+        blocked = any(step) and not decided and ACTION_DELTAS[action] != step
+        decided = decided or ACTION_DELTAS[action] == step
+        gaps.append(f"{name} {here[axis]} to {stand[axis]} is {word}" + " but blocked" * blocked)
+    verb = "push" if here == stand else "move"
+    reason = f"{goal}; {', '.join(gaps)}, so I {verb} {names[action]}."
     return ExpertMove(action, reason, True)
 
 

@@ -173,3 +173,48 @@ def test_positions_are_for_sokoban_only(tokenizer):
     env, _ = envs.make("numberline")
     with pytest.raises(ValueError, match="positions=True lists Sokoban's cells"):
         prompts.make_template("numberline", env, tokenizer, 4, positions=True)
+
+
+@pytest.mark.parametrize("num_boxes", [1, 2])
+def test_grid_slot_bound_is_the_longest_grid_exactly(tokenizer, num_boxes):
+    """The grid slot's `max_tokens` against brute force: every placement of the player, boxes and
+    targets on a 3x4 room (walls or floor elsewhere), its token count summed cell by cell; the
+    bound is never exceeded and is reached."""
+    import itertools
+    from types import SimpleNamespace
+
+    from gtr_turbo_jax.envs.sokoban import levels as lv
+
+    rows, cols = 3, 4
+    slot = prompts._grid_slot(SimpleNamespace(size=(rows, cols), num_boxes=num_boxes))
+    lengths = np.asarray([len(prompts._encode(tokenizer, r)) for r in slot.renderings])
+    n = len(lv.GRID_SYMBOLS)
+    bound = slot.max_tokens(lengths)
+    cells = rows * cols
+    longest = 0
+    for background in (lv.WALL, lv.FLOOR):
+        for player, *rest in itertools.permutations(range(cells), 1 + num_boxes):
+            for targets in itertools.combinations(range(cells), num_boxes):
+                grid = np.full(cells, background)
+                grid[list(targets)] = lv.TARGET
+                grid[rest] = np.where(grid[rest] == lv.TARGET, lv.BOX_ON_TARGET, lv.BOX)
+                grid[player] = lv.PLAYER_ON_TARGET if grid[player] == lv.TARGET else lv.PLAYER
+                last = np.arange(cells) % cols == cols - 1
+                longest = max(longest, int(lengths[grid + np.where(last, n, 0)].sum()))
+    assert longest == bound
+    assert bound < cells * lengths.max()  # tighter than every cell at its longest rendering
+
+
+@pytest.mark.parametrize("size, num_boxes", [((6, 6), 1), ((8, 8), 2), ((10, 10), 4)])
+def test_every_bank_level_fits_the_prompt(tokenizer, size, num_boxes):
+    env, _ = envs.make("sokoban", size=size, num_boxes=num_boxes, split="test")
+    template = prompts.make_template("sokoban", env, tokenizer, 4, style="brief", positions=True)
+    from gtr_turbo_jax.envs.sokoban import levels as lv
+
+    bank = np.load(lv.shipped_bank_path(size, num_boxes, "test"))["levels"]
+    longest = 0
+    for grid in bank:
+        player = np.argwhere(np.isin(grid, (lv.PLAYER, lv.PLAYER_ON_TARGET)))[0]
+        fields = {"grid": grid, "player": player}
+        longest = max(longest, len(prompts.encode_prompt(tokenizer, template, env, fields, 4)))
+    assert longest <= template.max_length

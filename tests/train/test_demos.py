@@ -74,15 +74,17 @@ def test_sokoban_reason_names_the_next_push():
     fields = {"grid": grid, "player": np.asarray([2, 1], np.int32)}
     move = D.expert_move("sokoban", fields)
     assert move.action == 0  # Up, to (1, 1), from where the box is pushed right
-    assert (
-        move.reason
-        == "The box at (1, 2) goes right to (1, 4); I must stand at (1, 1), so I move Up."
+    assert move.reason == (
+        "Push the box at (1, 2) right from (1, 1); row 2 to 1 is up, column 1 to 1 is level, "
+        "so I move Up."
     )
     fields = {"grid": parse_grid("#######\n#P_X_O#\n#_____#\n#######"), "player": np.array([1, 1])}
     assert D.expert_action("sokoban", fields) == 3  # Right: walk to (1, 2)
     fields = {"grid": parse_grid("#######\n#_PX_O#\n#_____#\n#######"), "player": np.array([1, 2])}
     move = D.expert_move("sokoban", fields)
-    assert move.action == 3 and move.reason.endswith("I stand behind it, so I push Right.")
+    assert move.action == 3 and move.reason.endswith(
+        "row 1 to 1 is level, column 2 to 2 is level, so I push Right."
+    )
 
 
 def test_sokoban_walk_closes_the_row_gap_first_when_it_can():
@@ -91,16 +93,25 @@ def test_sokoban_walk_closes_the_row_gap_first_when_it_can():
     grid = parse_grid("#######\n#O__X_#\n#_____#\n#P____#\n#######")
     fields = {"grid": grid, "player": np.asarray([3, 1], np.int32)}
     move = D.expert_move("sokoban", fields)
-    assert move.reason.startswith("The box at (1, 4) goes left to (1, 1); I must stand at (1, 5)")
+    assert move.reason == (
+        "Push the box at (1, 4) left from (1, 5); row 3 to 1 is up, column 1 to 5 is right, "
+        "so I move Up."
+    )
     assert move.action == 0  # Up
     # A wall above the player: Up is no longer on a shortest walk, so the column gap: Right.
     grid = parse_grid("#######\n#O__X_#\n##____#\n#P____#\n#######")
     fields = {"grid": grid, "player": np.asarray([3, 1], np.int32)}
-    assert D.expert_action("sokoban", fields) == 3
+    move = D.expert_move("sokoban", fields)
+    assert move.action == 3 and move.reason.endswith(
+        "row 3 to 1 is up but blocked, column 1 to 5 is right, so I move Right."
+    )
     # On the standing cell's row: Right, though Down starts an equally short walk too.
     grid = parse_grid("#######\n#OP_X_#\n#_____#\n#_____#\n#######")
     fields = {"grid": grid, "player": np.asarray([1, 2], np.int32)}
-    assert D.expert_action("sokoban", fields) == 3
+    move = D.expert_move("sokoban", fields)
+    assert move.action == 3 and move.reason.endswith(
+        "row 1 to 1 is level, column 2 to 5 is right, so I move Right."
+    )
 
 
 @functools.cache
