@@ -208,18 +208,14 @@ def _grid_slot(env: Any) -> Slot:
         plain = [max(lengths[o + levels.WALL], lengths[o + levels.FLOOR]) for o in (0, n)]
         total = height * ((width - 1) * plain[0] + plain[1])
 
-        def extra(*symbols: int) -> int:
+        def extra(*symbols: int) -> int:  # the most one such cell adds to a plain one
             return max(
-                max(lengths[o + s] - plain[i] for i, o in enumerate((0, n))) for s in symbols
+                0, *(lengths[o + s] - plain[i] for i, o in enumerate((0, n)) for s in symbols)
             )
 
-        boxes = env.num_boxes
-        return (
-            total
-            + max(extra(levels.PLAYER, levels.PLAYER_ON_TARGET), 0)
-            + boxes
-            * (max(extra(levels.BOX, levels.BOX_ON_TARGET), 0) + max(extra(levels.TARGET), 0))
-        )
+        player = extra(levels.PLAYER, levels.PLAYER_ON_TARGET)
+        per_box = extra(levels.BOX, levels.BOX_ON_TARGET) + extra(levels.TARGET)
+        return total + player + env.num_boxes * per_box
 
     return Slot("grid", renderings, rows, max_tokens)
 

@@ -339,7 +339,7 @@ class Checkpointer:
             reason = re.sub(r"leaf_(\d{6})", lambda m: stored[int(m[1])].path, _reason(error))
             reason = reason.replace(_PACKED, _packed_names(stored, offsets))
             raise _UnreadableCheckpoint(f"checkpoint {where} is unreadable: {reason}") from error
-        _, restored_checksums = _digest(jax.device_get([_stored_array(x) for x in leaves]))
+        _, restored_checksums = _digest(_host_copies(leaves))
         for spec, expected, got in zip(stored, checksums, restored_checksums, strict=True):
             if int(got) != expected:
                 raise _UnreadableCheckpoint(

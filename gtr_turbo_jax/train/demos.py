@@ -112,25 +112,16 @@ def _sokoban_plan(grid_bytes: bytes, shape: tuple[int, int]) -> tuple[int, ...] 
 
 
 def _next_push(grid: np.ndarray, player: np.ndarray, plan: Sequence[int]):
-    """(box cell, push action, cell the player pushes from, that box's final cell) of the plan's
-    first push, following the box through the plan's later pushes."""
+    """(box cell, push action, cell the player pushes from) of the plan's first push. The plan
+    only walks before it, so no box moves until then."""
     boxes = {tuple(map(int, rc)) for rc in np.argwhere(np.isin(grid, (BOX, BOX_ON_TARGET)))}
     here = (int(player[0]), int(player[1]))
-    tracked = None
-    first = None
     for action in plan:
-        dr, dc = ACTION_DELTAS[action]
-        ahead = (here[0] + dr, here[1] + dc)
+        ahead = (here[0] + ACTION_DELTAS[action][0], here[1] + ACTION_DELTAS[action][1])
         if ahead in boxes:
-            beyond = (ahead[0] + dr, ahead[1] + dc)
-            boxes.remove(ahead)
-            boxes.add(beyond)
-            if first is None:
-                first, tracked = (ahead, action, here), beyond
-            elif ahead == tracked:
-                tracked = beyond
+            return ahead, action, here
         here = ahead
-    return (*first, tracked)
+    raise ValueError(f"plan {plan} pushes no box in grid {grid.tolist()}")
 
 
 def _walk_move(grid: np.ndarray, player: tuple[int, int], stand: tuple[int, int]) -> int:
@@ -179,7 +170,7 @@ def _sokoban_move(fields: Fields) -> ExpertMove:
     if not plan:
         reason = f"Every box is on a target already: {names[SOKOBAN_STUCK_ACTION]}."
         return ExpertMove(SOKOBAN_STUCK_ACTION, reason, True)
-    box, push, stand, _ = _next_push(grid, player, plan)
+    box, push, stand = _next_push(grid, player, plan)
     here = (int(player[0]), int(player[1]))
     goal = f"Push the box at {_cell(box)} {DIRECTION_WORDS[push]} from {_cell(stand)}"
     action = push if here == stand else _walk_move(grid, here, stand)
