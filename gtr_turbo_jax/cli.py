@@ -204,7 +204,7 @@ def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> int:
 def summary_table(summary: dict[str, Any]) -> str:
     """The end-of-run table: held-out metrics of the starting (warm-started) and trained model."""
     keys = ("success_rate", "return_mean", "valid_rate", "episode_length", "thought_len",
-            "self_bleu", "grounding")  # fmt: skip
+            "self_bleu", "grounding", "no_effect_rate")  # fmt: skip
     initial, final = summary.get("initial", {}), summary.get("final", {})
     rows = [f"{'held-out':<16}{'warm start':>12}{'trained':>12}"]
     for key in keys:

@@ -42,6 +42,7 @@ METRICS: tuple[str, ...] = (
     "thought_len",
     "self_bleu",
     "grounding",
+    "no_effect_rate",
 )
 EVAL_PREFIX = "eval/"
 TITLES = {
@@ -52,6 +53,7 @@ TITLES = {
     "thought_len": "thought length (words)",
     "self_bleu": "self-BLEU of thoughts",
     "grounding": "thought grounding accuracy",
+    "no_effect_rate": "moves without effect",
 }
 X_LABELS = {"env_steps": "env steps", "step": "update", "wall_s": "wall-clock seconds"}
 FIGSIZE = (6.4, 4.0)  # inches; at DPI 100 a 640 x 400 PNG

@@ -20,6 +20,9 @@ Metrics (floats, METHOD.md sections 3 and 5, thoughts from the valid replies onl
   thought_len     mean words per thought (nan if no valid reply)
   grounding       mean fraction of true claims per thought that makes a claim (`metrics.GRAMMAR`),
                   checked against the true state (nan if no thought made one)
+  no_effect_rate  moves after which the state was unchanged (a Sokoban move into a wall or a
+                  stuck box, a rejected card), over the moves followed by another turn of their
+                  episode (nan if none); a greedy policy repeats such a move until the step limit
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ METRIC_NAMES = (
     "self_bleu",
     "thought_len",
     "grounding",
+    "no_effect_rate",
 )
 
 
@@ -117,6 +121,12 @@ def _mean(values: Sequence[float]) -> float:
     return float(np.mean(values)) if len(values) else math.nan
 
 
+def _same_state(before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> bool:
+    return before.keys() == after.keys() and all(
+        np.array_equal(before[k], after[k]) for k in before
+    )
+
+
 def episode_metrics(env_name: str, episodes: Sequence[EpisodeRecord]) -> dict[str, float]:
     """The `METRIC_NAMES` of finished evaluation episodes (see the module docstring)."""
     if not episodes:
@@ -126,6 +136,7 @@ def episode_metrics(env_name: str, episodes: Sequence[EpisodeRecord]) -> dict[st
     ]
     flat = [pair for pairs in valid_thoughts for pair in pairs]
     bleus = [eval_metrics.self_bleu([t for t, _ in pairs]) for pairs in valid_thoughts]
+    no_effect = [_same_state(a, b) for e in episodes for a, b in zip(e.fields, e.fields[1:])]
     return {
         "success_rate": _mean([float(e.success) for e in episodes]),
         "return_mean": _mean([e.episode_return for e in episodes]),
@@ -136,6 +147,7 @@ def episode_metrics(env_name: str, episodes: Sequence[EpisodeRecord]) -> dict[st
         "grounding": eval_metrics.mean_grounding(
             eval_metrics.grounding(env_name, t, f) for t, f in flat
         ),
+        "no_effect_rate": _mean([float(x) for x in no_effect]),
     }
 
 

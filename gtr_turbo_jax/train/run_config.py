@@ -98,7 +98,7 @@ def base_config(env: dict[str, Any], model: str = "tiny") -> ml_collections.Conf
                 "turns_per_update": 8 if small else 4,
                 "updates": 30 if small else 200,
                 "eval_every": 10,
-                "eval_episodes": 64 if small else 100,
+                "eval_episodes": 200 if small else 100,
                 "checkpoint_every": 5,
                 "keep_checkpoints": 3,
                 "mesh": {"data": 1, "fsdp": 1},

@@ -140,6 +140,9 @@ def test_metrics_count_first_episodes_only(setup, reference):
     ]
     assert m["grounding"] == pytest.approx(np.mean(scores))
     assert 0 < m["grounding"] < 1  # env 0's claims turn false after its first move
+    # Hand-worked: env 0 moves both times; env 1's "Left" hits the wall on all 3 moves that have a
+    # next turn; env 2 walks down twice, then hits the wall once before its last turn.
+    assert m["no_effect_rate"] == pytest.approx((0 + 3 + 1) / (1 + 3 + 3))
 
     for e, episode in enumerate(result.episodes):
         assert episode.actions == [ACTIONS[e]] * lengths[e]
