@@ -22,7 +22,8 @@ Metrics (floats, METHOD.md sections 3 and 5, thoughts from the valid replies onl
                   checked against the true state (nan if no thought made one)
   no_effect_rate  moves after which the state was unchanged (a Sokoban move into a wall or a
                   stuck box, a rejected card), over the moves followed by another turn of their
-                  episode (nan if none); a greedy policy repeats such a move until the step limit
+                  episode (nan if none, or if the env has no state fields); a greedy policy
+                  repeats such a move until the step limit
 """
 
 from __future__ import annotations
@@ -127,6 +128,16 @@ def _same_state(before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> 
     )
 
 
+def _no_effect_moves(episodes: Sequence[EpisodeRecord]) -> list[float]:
+    """1.0 / 0.0 per move followed by a turn of its episode; none for envs without state fields."""
+    return [
+        float(_same_state(before, after))
+        for e in episodes
+        for before, after in zip(e.fields, e.fields[1:])
+        if before or after
+    ]
+
+
 def episode_metrics(env_name: str, episodes: Sequence[EpisodeRecord]) -> dict[str, float]:
     """The `METRIC_NAMES` of finished evaluation episodes (see the module docstring)."""
     if not episodes:
@@ -136,7 +147,6 @@ def episode_metrics(env_name: str, episodes: Sequence[EpisodeRecord]) -> dict[st
     ]
     flat = [pair for pairs in valid_thoughts for pair in pairs]
     bleus = [eval_metrics.self_bleu([t for t, _ in pairs]) for pairs in valid_thoughts]
-    no_effect = [_same_state(a, b) for e in episodes for a, b in zip(e.fields, e.fields[1:])]
     return {
         "success_rate": _mean([float(e.success) for e in episodes]),
         "return_mean": _mean([e.episode_return for e in episodes]),
@@ -147,7 +157,7 @@ def episode_metrics(env_name: str, episodes: Sequence[EpisodeRecord]) -> dict[st
         "grounding": eval_metrics.mean_grounding(
             eval_metrics.grounding(env_name, t, f) for t, f in flat
         ),
-        "no_effect_rate": _mean([float(x) for x in no_effect]),
+        "no_effect_rate": _mean(_no_effect_moves(episodes)),
     }
 
 

@@ -28,7 +28,12 @@ from gtr_turbo_jax.envs.sokoban import LevelBank, parse_grid
 from gtr_turbo_jax.models import ValueHead, from_pretrained, get_config
 from gtr_turbo_jax.models.testing import write_random_checkpoint
 from gtr_turbo_jax.rollout import metrics
-from gtr_turbo_jax.rollout.evaluate import METRIC_NAMES, make_evaluator
+from gtr_turbo_jax.rollout.evaluate import (
+    METRIC_NAMES,
+    EpisodeRecord,
+    episode_metrics,
+    make_evaluator,
+)
 from gtr_turbo_jax.rollout.sampler import SampleOutput, SamplingConfig
 from gtr_turbo_jax.text.image import ImageConfig, num_image_tokens
 from gtr_turbo_jax.text.parse import make_reply_spec
@@ -187,3 +192,19 @@ def test_make_evaluator_rejects_bad_arguments(setup):
         make_evaluator("sokoban", *args, num_episodes=2, record=3)
     with pytest.raises(ValueError, match="max_turns=0: need an int >= 1"):
         dataclasses.replace(setup["evaluator"], max_turns=0)
+
+
+def test_no_effect_rate_compares_consecutive_states():
+    def episode(states):
+        n = len(states)
+        return EpisodeRecord(
+            frames=[], replies=[""] * n, actions=[0] * n, rewards=[0.0] * n, success=False,
+            fields=states, valid=[False] * n, thoughts=[""] * n,
+        )  # fmt: skip
+
+    line = lambda current: {"current": np.int32(current), "target": np.int32(3)}
+    # Hand-worked NumberLine: 1 -> 1 (no effect) -> 2 -> 3; a one-turn episode adds no move.
+    episodes = [episode([line(1), line(1), line(2), line(3)]), episode([line(0)])]
+    assert episode_metrics("numberline", episodes)["no_effect_rate"] == pytest.approx(1 / 3)
+    # An env without state fields cannot tell: nan, not "every move had no effect".
+    assert math.isnan(episode_metrics("numberline", [episode([{}, {}, {}])])["no_effect_rate"])
