@@ -122,19 +122,14 @@ def _mean(values: Sequence[float]) -> float:
     return float(np.mean(values)) if len(values) else math.nan
 
 
-def _same_state(before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> bool:
-    return before.keys() == after.keys() and all(
-        np.array_equal(before[k], after[k]) for k in before
-    )
-
-
 def _no_effect_moves(episodes: Sequence[EpisodeRecord]) -> list[float]:
-    """1.0 / 0.0 per move followed by a turn of its episode; none for envs without state fields."""
+    """1.0 / 0.0 per move followed by a turn of its episode (its fields unchanged or not); none
+    for envs without state fields."""
     return [
-        float(_same_state(before, after))
+        float(all(np.array_equal(before[k], after[k]) for k in before))
         for e in episodes
         for before, after in zip(e.fields, e.fields[1:])
-        if before or after
+        if before
     ]
 
 

@@ -188,23 +188,23 @@ def _formula_slot(env: Any) -> Slot:
 
 def _grid_slot(env: Any) -> Slot:
     from gtr_turbo_jax.envs.sokoban import levels
-    from gtr_turbo_jax.envs.sokoban.levels import GRID_SYMBOLS
 
+    symbols = levels.GRID_SYMBOLS
     # Rows 0..n-1: a cell; rows n..2n-1: the same cell ending its row (with the newline).
-    renderings = tuple(" " + s for s in GRID_SYMBOLS) + tuple(" " + s + "\n" for s in GRID_SYMBOLS)
+    renderings = tuple(" " + s for s in symbols) + tuple(" " + s + "\n" for s in symbols)
     height, width = env.size
 
     def rows(fields):
         grid = jnp.asarray(fields["grid"], jnp.int32)
         last_column = (jnp.arange(width) == width - 1)[None, :]
-        ids = grid + jnp.where(last_column, len(GRID_SYMBOLS), 0)
+        ids = grid + jnp.where(last_column, len(symbols), 0)
         return ids.reshape(-1), jnp.ones(height * width, bool)
 
     def max_tokens(lengths: np.ndarray) -> int:
         # Walls and floor fill any cell; the other symbols have a few cells at most: one player
         # (P or S), num_boxes boxes (X or √) and num_boxes bare targets (O). Each of those can
         # cost a cell's wall-or-floor length plus its own extra.
-        n = len(GRID_SYMBOLS)
+        n = len(symbols)
         plain = [max(lengths[o + levels.WALL], lengths[o + levels.FLOOR]) for o in (0, n)]
         total = height * ((width - 1) * plain[0] + plain[1])
 

@@ -10,7 +10,8 @@ its action with a one-sentence reason:
   is a comparison of nearby numbers. The walk follows a fixed rule (`_walk_move`: close the row
   gap first, then the column gap, whenever that move is on a shortest walk; otherwise the
   reason says "but blocked") instead of A*'s arbitrary tie-break between equally short walks. A
-  state with no solution (a box in a dead cell, a deadlock) gets `SOKOBAN_STUCK_ACTION` and `solvable=False`.
+  state with no solution (a box in a dead cell, a deadlock) gets `SOKOBAN_STUCK_ACTION` and
+  `solvable=False`.
 - points24 / ezpoints: the next token of the chosen solution that extends the current formula
   (blanks of rejected numbers are skipped, as the env's evaluator skips them); the chosen solution
   is the one with the fewest tokens, ties broken by its text, so the plan stays the same along an
