@@ -11,6 +11,9 @@ def get_config(model: str = "tiny"):
     # 14-px tiles: an 84x84 image, 9 image tokens for the tiny default; 28 px for real models.
     env = {"name": "sokoban", "size": (6, 6), "num_boxes": 1, "tile_size": 14 if tiny else 28}
     env["max_steps_in_episode"] = 12 if tiny else 100
+    # gym-sokoban's rules: a move into a wall costs only its step. A negative value prices it
+    # (`--config.env.blocked_move_penalty=-1.0`); docs/troubleshooting.md has what it changed.
+    env["blocked_move_penalty"] = 0.0
     config = base_config(env, model)
     config.format_reward.update(valid=0.0, invalid=-1.0)
     # A tiny model cannot count rows and columns of the grid in minutes: list the cells it needs.

@@ -34,6 +34,7 @@ MEANINGS: dict[str, str] = {
     "env.num_boxes": "Sokoban boxes (and targets) per level",
     "env.tile_size": "Sokoban pixels per grid cell in the rendered image (28: one merged visual token per cell)",
     "env.max_steps_in_episode": "Sokoban turns before the episode is truncated",
+    "env.blocked_move_penalty": "Sokoban reward added to a move that leaves everything in place (into a wall, or a box that cannot move); 0 is gym-sokoban's rules",
     "env.solvable_only": "Points24 deals only hands that can make 24 (the papers deal uniformly)",
     "early_termination": "any reward <= -1 ends the episode (GTR trains Points24 this way)",
     # model
@@ -74,6 +75,7 @@ MEANINGS: dict[str, str] = {
     "rl.learning_rate": "Adam learning rate at the first update",
     "rl.final_learning_rate": "learning rate at the end of the cosine decay",
     "rl.lr_decay_updates": "updates over which the learning rate decays (then stays flat)",
+    "rl.warmup_updates": "updates over which the learning rate ramps up linearly (not the paper's; 0: none): Adam's first steps are full-size on every parameter",
     "rl.adam_eps": "Adam epsilon",
     "rl.grad_clip": "global gradient-norm clip",
     "rl.temperature": "temperature of the log-probs PPO scores: the sampler's, so it must equal `sampling.temperature`",

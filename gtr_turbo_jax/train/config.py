@@ -32,7 +32,10 @@ class UpdateConfig:
     `minibatch_size * grad_accum_steps` samples, whose gradients are averaged over
     `grad_accum_steps` micro-batches of `minibatch_size` (the paper: 128 samples per optimizer step).
     The learning rate follows a cosine from `learning_rate` to `final_learning_rate` over
-    `lr_decay_updates` updates, constant within an update (as RL4VLM's per-update scheduler).
+    `lr_decay_updates` updates, constant within an update (as RL4VLM's per-update scheduler),
+    scaled by `(u + 1) / warmup_updates` for the first `warmup_updates` updates (not the paper's;
+    0: none): Adam's first steps are sign steps of the full rate on every parameter, whatever the
+    gradient's quality.
 
     SFT (`gtr`, `turbo_sft`): each PPO micro-batch of `minibatch_size` rows is paired with
     `sft_minibatch_size` rows drawn uniformly from the DAgger buffer, loss `L_PPO + sft_coef *
@@ -75,6 +78,7 @@ class UpdateConfig:
     learning_rate: float = 1e-5
     final_learning_rate: float = 1e-9
     lr_decay_updates: int = 25
+    warmup_updates: int = 0
     adam_eps: float = 1e-7
     grad_clip: float = 0.01
     temperature: float = 1.0  # of the PPO log-probs: the sampler's temperature (its logp_raw)
@@ -142,11 +146,12 @@ class UpdateConfig:
             "merge_interval",
             "snapshot_capacity",
             "dagger_capacity",
+            "warmup_updates",
         ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            value, low = getattr(self, name), 0 if name == "warmup_updates" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(
-                    f"UpdateConfig.{name}={value!r} is out of range: expected an int >= 1"
+                    f"UpdateConfig.{name}={value!r} is out of range: expected an int >= {low}"
                 )
         if self.final_learning_rate > self.learning_rate:
             raise ValueError(
@@ -192,10 +197,14 @@ class UpdateConfig:
 
 
 def learning_rate_at(config: UpdateConfig, update: jax.Array) -> jax.Array:
-    """The learning rate of update number `update` (0-based): cosine, then flat at the end."""
-    progress = jnp.minimum(update.astype(jnp.float32) / config.lr_decay_updates, 1.0)
+    """The learning rate of update number `update` (0-based): a linear warmup over the first
+    `warmup_updates` times a cosine that ends flat."""
+    update = update.astype(jnp.float32)
+    progress = jnp.minimum(update / config.lr_decay_updates, 1.0)
     cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
-    return config.final_learning_rate + (config.learning_rate - config.final_learning_rate) * cosine
+    warmup = jnp.minimum((update + 1.0) / max(config.warmup_updates, 1), 1.0)
+    span = config.learning_rate - config.final_learning_rate
+    return warmup * (config.final_learning_rate + span * cosine)
 
 
 def make_optimizer(config: UpdateConfig) -> optax.GradientTransformation:

@@ -34,10 +34,11 @@ def hard():
 
 @st.composite
 def episodes(draw):
-    """(level, max_steps, actions): a prefix of the level's plan (often all of it), then random
-    moves, repeated segments so that play continues through resets."""
+    """(level, max_steps, blocked-move penalty, actions): a prefix of the level's plan (often all
+    of it), then random moves, repeated segments so that play continues through resets."""
     index = draw(st.integers(0, NUM_PLANNED - 1))
     max_steps = draw(st.integers(3, 30))
+    penalty = draw(st.sampled_from([0.0, -0.5]))
     segments = draw(
         st.lists(
             st.tuples(st.floats(0, 1), st.lists(st.integers(0, 3), max_size=12)),
@@ -45,7 +46,7 @@ def episodes(draw):
             max_size=4,
         )
     )
-    return index, max_steps, segments
+    return index, max_steps, penalty, segments
 
 
 def assert_same_observation(jax_obs, py_obs, what):
@@ -53,9 +54,11 @@ def assert_same_observation(jax_obs, py_obs, what):
         np.testing.assert_array_equal(np.asarray(jax_obs[name]), py_obs[name], err_msg=what)
 
 
-def run_episode(pair, index, max_steps, segments, key_seed=0):
-    params = pair.env.default_params.replace(max_steps_in_episode=max_steps)
-    py = PySokoban(pair.env.bank, max_steps=max_steps)
+def run_episode(pair, index, max_steps, penalty, segments, key_seed=0):
+    params = pair.env.default_params.replace(
+        max_steps_in_episode=max_steps, blocked_move_penalty=penalty
+    )
+    py = PySokoban(pair.env.bank, max_steps=max_steps, blocked_move_penalty=penalty)
     obs, state = pair.reset_to(index, params)
     assert_same_observation(obs, py.reset_to(index), "reset")
     t = 0

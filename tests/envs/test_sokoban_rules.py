@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from gtr_turbo_jax.envs.sokoban import LevelBank, Sokoban, parse_grid, text_grid
+from gtr_turbo_jax.envs.sokoban import LevelBank, PySokoban, Sokoban, parse_grid, text_grid
 
 UP, DOWN, LEFT, RIGHT = range(4)
 
@@ -269,3 +269,20 @@ def test_bank_of_other_size_or_box_count_is_rejected():
         Sokoban(size=(8, 8), num_boxes=1, bank=bank)
     with pytest.raises(ValueError, match="has 1 boxes, expected 2"):
         Sokoban(size=(6, 6), num_boxes=2, bank=bank)
+
+
+def test_blocked_move_penalty_charges_only_moves_without_effect(one_box, two_box):
+    """Hand-worked on level 0 (player at (1, 1), box at (2, 2)) and two-box level 0 (a box that
+    pushes into a box): a wall bump and a jammed push pay the penalty on top of the step cost; a
+    plain move and a push do not. The pure-Python env charges the same."""
+    params = one_box.env.default_params.replace(blocked_move_penalty=-0.5)
+    moves = [UP, LEFT, RIGHT, LEFT, DOWN, RIGHT]  # wall, wall, walk, walk back, walk, push the box
+    rewards = [step[0] for step in one_box.play(0, moves, params)]
+    assert rewards == pytest.approx([-0.6, -0.6, -0.1, -0.1, -0.1, -0.1])
+    jammed = two_box.env.default_params.replace(blocked_move_penalty=-0.5)
+    ((reward, *_),) = two_box.play(0, [RIGHT], jammed)
+    assert reward == pytest.approx(-0.6)
+
+    py = PySokoban(one_box.env.bank, blocked_move_penalty=-0.5, render_image=False)
+    py.reset_to(0)
+    assert [py.step(a)[1] for a in moves] == pytest.approx(rewards)

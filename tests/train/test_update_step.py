@@ -24,7 +24,7 @@ from _train_cases import (
 )
 
 from gtr_turbo_jax.models.testing import write_random_checkpoint
-from gtr_turbo_jax.train.config import UpdateConfig
+from gtr_turbo_jax.train.config import UpdateConfig, learning_rate_at
 from gtr_turbo_jax.train.update import update_step
 
 SAMPLES = TURNS * ENVS
@@ -205,8 +205,25 @@ def test_incompatible_batch_is_one_clear_error(checkpoint):
         ({"clip_eps": float("nan")}, "UpdateConfig.clip_eps=nan is out of range"),
         ({"kl_estimator": "k2"}, "UpdateConfig.kl_estimator='k2' is not supported"),
         ({"final_learning_rate": 1.0}, "final_learning_rate=1.0 is out of range"),
+        (
+            {"warmup_updates": -1},
+            r"UpdateConfig.warmup_updates=-1 is out of range: expected an int >= 0",
+        ),
     ],
 )
 def test_config_rejects_out_of_range_values(changes, message):
     with pytest.raises(ValueError, match=message):
         UpdateConfig(**changes)
+
+
+def test_warmup_scales_the_first_updates_of_the_cosine():
+    """Hand-worked: lr 1e-3 -> 0 over 4 updates, 2 warmup updates: update 0 runs at half of the
+    cosine's 1e-3, update 1 at the cosine's full 0.5 * (1 + cos(pi / 4)) * 1e-3; then the cosine."""
+    config = UpdateConfig(learning_rate=1e-3, final_learning_rate=0.0, lr_decay_updates=4)
+    rates = [
+        float(learning_rate_at(config.replace(warmup_updates=2), jnp.int32(u))) for u in range(5)
+    ]
+    cosine = [0.5 * (1 + np.cos(np.pi * u / 4)) * 1e-3 for u in range(5)]
+    np.testing.assert_allclose(rates, [0.5 * cosine[0], *cosine[1:]], rtol=1e-6, atol=1e-12)
+    no_warmup = [float(learning_rate_at(config, jnp.int32(u))) for u in range(5)]
+    np.testing.assert_allclose(no_warmup, cosine, rtol=1e-6, atol=1e-12)

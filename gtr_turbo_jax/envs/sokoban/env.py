@@ -4,7 +4,8 @@ Rules and rewards are gym-sokoban's (as RAGEN/VAGEN use them): actions Up, Down,
 into a wall, or pushing a box into a wall or another box, leaves everything in place; every step
 costs `step_penalty`; a push that raises the number of boxes on targets earns
 `box_on_target_reward`, one that lowers it `box_off_target_penalty`; when every box is on a target
-the episode ends (terminated) with `solved_reward` on top. Episodes are truncated after
+the episode ends (terminated) with `solved_reward` on top; a move that leaves everything in place
+adds `blocked_move_penalty` (0 by default, not in gym-sokoban). Episodes are truncated after
 `max_steps_in_episode` steps. Cells outside the grid count as walls.
 
 The state is the observation's own grid of cell ids, plus the player's cell, the count of boxes
@@ -77,6 +78,9 @@ class EnvParams:
     box_on_target_reward: float = 1.0
     box_off_target_penalty: float = -1.0
     solved_reward: float = 10.0
+    # Not gym-sokoban's: added when a move leaves everything in place (into a wall, or a box that
+    # cannot move), which a greedy policy then repeats until the step limit. 0: gym-sokoban's rules.
+    blocked_move_penalty: float = 0.0
 
 
 class Sokoban(VisualEnv):
@@ -215,6 +219,7 @@ class Sokoban(VisualEnv):
             + jnp.where(change > 0, params.box_on_target_reward, 0.0)
             + jnp.where(change < 0, params.box_off_target_penalty, 0.0)
             + jnp.where(solved, params.solved_reward, 0.0)
+            + jnp.where(blocked, params.blocked_move_penalty, 0.0)
         ).astype(jnp.float32)
         state = state.replace(
             grid=grid, player=player, boxes_off_target=boxes_off_target, time=state.time + 1

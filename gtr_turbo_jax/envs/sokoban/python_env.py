@@ -43,6 +43,7 @@ class PySokoban:
         box_on_target_reward: float = 1.0,
         box_off_target_penalty: float = -1.0,
         solved_reward: float = 10.0,
+        blocked_move_penalty: float = 0.0,
         tile_size: int = 28,
         render_image: bool = True,
     ):
@@ -58,6 +59,7 @@ class PySokoban:
         self.box_on_target_reward = float(box_on_target_reward)
         self.box_off_target_penalty = float(box_off_target_penalty)
         self.solved_reward = float(solved_reward)
+        self.blocked_move_penalty = float(blocked_move_penalty)
         self.atlas = make_atlas(tile_size)
         self.render_image = render_image
         self.level_index = -1
@@ -103,12 +105,14 @@ class PySokoban:
         before = self._boxes_on_target()
         reward = self.step_penalty
         if self._is_wall(ahead):
-            pass
+            reward += self.blocked_move_penalty
         elif ahead in self.boxes:
             if not self._is_wall(beyond) and beyond not in self.boxes:
                 self.boxes.remove(ahead)
                 self.boxes.add(beyond)
                 self.player = ahead
+            else:
+                reward += self.blocked_move_penalty
         else:
             self.player = ahead
         after = self._boxes_on_target()
