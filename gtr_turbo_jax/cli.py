@@ -159,9 +159,16 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
 
     if overrides:
         raise UsageError("eval reads the run's config.json; it takes no --config overrides")
+    for flag, value, low in (
+        ("--episodes", args.episodes, 1),
+        ("--temperature", args.temperature, 0),
+    ):
+        if value is not None and not low <= value < float("inf"):
+            raise UsageError(f"{flag}={value}: need a value >= {low}")
     metrics = evaluate_run(
-        args.run_dir, episodes=args.episodes, gifs=args.gifs, step=args.step, echo=_echo
-    )
+        args.run_dir, episodes=args.episodes, gifs=args.gifs, step=args.step,
+        temperature=args.temperature, echo=_echo,
+    )  # fmt: skip
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -258,6 +265,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=None, help="default: the run's eval_episodes")
     p.add_argument("--gifs", type=int, default=0, help="save this many episode animations")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature (default: the run's eval_temperature; 0: greedy)")  # fmt: skip
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("plot", help="PNG curves of one or more runs, overlaid")

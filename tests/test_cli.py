@@ -85,6 +85,12 @@ def test_eval_plot_and_export(smoke_run, tmp_path, capsys):
     assert 0.0 <= metrics["eval/success_rate"] <= 1.0
     gifs = sorted((smoke_run / "episodes").glob("*.gif"))
     assert gifs and Image.open(gifs[-1]).n_frames >= 1
+    # The run evaluates greedily; --temperature samples (the same levels: other replies).
+    assert run_cli("eval", smoke_run, "--episodes=3") == 0
+    greedy = json.loads(capsys.readouterr().out)
+    assert run_cli("eval", smoke_run, "--episodes=3", "--temperature=1.5") == 0
+    sampled = json.loads(capsys.readouterr().out)
+    assert sampled["eval/thought_len"] != greedy["eval/thought_len"]
 
     assert run_cli("plot", smoke_run, f"--out={tmp_path / 'plots'}") == 0
     pngs = sorted((tmp_path / "plots").glob("*.png"))
@@ -137,6 +143,11 @@ def test_export_loads_in_transformers_with_the_same_logits(smoke_run, tmp_path):
         (["train", "--config.model.path=/nonexistent/model"], "is not a directory"),
         (["train", "--resume"], "--resume needs --workdir"),
         (["eval", "/nonexistent/run"], "config.json not found"),
+        (["eval", "/nonexistent/run", "--episodes=0"], "--episodes=0: need a value >= 1"),
+        (
+            ["eval", "/nonexistent/run", "--temperature=-1"],
+            r"--temperature=-1.0: need a value >= 0",
+        ),
         (["plot", "/nonexistent/run"], "metrics"),
         (["train", "--config.prompt.style=long"], "'prompt.style'='long': valid: full, brief"),
         (["train", "--config.warm_start.noise=2.0"], "'warm_start.noise'=2.0: need a value in"),

@@ -67,9 +67,11 @@ def export_run(
 
 def evaluate_run(
     run_dir: str | Path, *, episodes: int | None = None, gifs: int = 0, step: int | None = None,
-    echo: Callable[[str], None] = print,
+    temperature: float | None = None, echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:  # fmt: skip
-    """Held-out metrics of a run's checkpoint; `gifs` episode animations into RUN_DIR/episodes."""
+    """Held-out metrics of a run's checkpoint; `gifs` episode animations into RUN_DIR/episodes.
+    `temperature` replaces the run's `sampling.eval_temperature` (0: greedy; the training
+    sampler's, e.g. 0.2, measures the policy that PPO improves)."""
     from gtr_turbo_jax.cli import run_config
     from gtr_turbo_jax.train.trainer import Trainer
 
@@ -78,6 +80,10 @@ def evaluate_run(
         if episodes < 1:
             raise ValueError(f"--episodes={episodes}: need at least 1")
         config.train.eval_episodes = episodes
+    if temperature is not None:
+        if not 0.0 <= temperature < float("inf"):
+            raise ValueError(f"--temperature={temperature}: need a value >= 0 (0: greedy)")
+        config.sampling.eval_temperature = float(temperature)
     config.train.record_episodes = gifs
     trainer = Trainer(config, run_dir, echo=echo)
     state, host = trainer.restore(step)
