@@ -64,6 +64,19 @@ def test_train_writes_the_run_directory(smoke_run, capsys):
     assert summary["updates"] == updates and "eval/success_rate" in summary["final"]
 
 
+def test_train_keeps_the_warm_start_as_sft_would_write_it(smoke_run, tmp_path):
+    """RUN_DIR/sft_model is the warm-started model: bitwise the files `gtr-turbo sft` writes with
+    the same config."""
+    assert run_cli("sft", "--env=sokoban", f"--workdir={tmp_path / 'sft'}", *SMOKE) == 0
+    kept, alone = smoke_run / "sft_model", tmp_path / "sft" / "sft_model"
+    assert sorted(p.name for p in kept.iterdir()) == sorted(p.name for p in alone.iterdir())
+    weights = sorted(kept.glob("*.safetensors"))
+    assert weights and all(
+        (kept / w.name).read_bytes() == (alone / w.name).read_bytes() for w in weights
+    )
+    assert not (smoke_run / ".sft_model.partial").exists()
+
+
 def test_resume_after_losing_the_last_checkpoint_is_bitwise(smoke_run, tmp_path):
     """Resuming from the previous checkpoint redoes the lost update exactly."""
     copy = tmp_path / "run"

@@ -8,7 +8,9 @@ so a run is a function of its config, and a resumed run continues exactly: a che
 checkpoint's update on resume.
 
 Run directory: `config.json` (resolved), `metrics.jsonl` (one line per update; eval lines carry
-`eval/...` keys), `tb/` (TensorBoard), `checkpoints/`, `episodes/` (GIFs), `summary.json`.
+`eval/...` keys), `tb/` (TensorBoard), `checkpoints/`, `episodes/` (GIFs), `summary.json`, and
+after a warm start `sft_model/` (the warm-started model as an HF directory: other modes can start
+from the same one with `--config.model.path=RUN_DIR/sft_model --config.warm_start.steps=0`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import collections
 import contextlib
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -245,6 +248,8 @@ class Trainer:
 
     def _fresh(self) -> tuple[TrainState, RolloutState, dict[str, Any]]:
         warm = self.warm_start()
+        if warm:
+            self._save_warm_start()
         _, state = init_train_state(
             self._model, self._value_head, self.setup.update, self.keys["state"], self.batch_like()
         )
@@ -255,6 +260,18 @@ class Trainer:
         host["warm_start"] = warm
         self.logger.log(0, {"env_steps": 0, **warm, **initial_eval})
         return state, rollout_state, host
+
+    def _save_warm_start(self) -> None:
+        """RUN_DIR/sft_model, written aside and moved in: a kill never leaves half of one (a
+        fresh start replaces one from a run killed before its first checkpoint: the same seed
+        writes the same model)."""
+        from gtr_turbo_jax.train.export import export_model
+
+        final, partial = self.workdir / "sft_model", self.workdir / ".sft_model.partial"
+        for stale in (partial, final):
+            shutil.rmtree(stale, ignore_errors=True)
+        export_model(self.setup, self._model, partial)
+        partial.rename(final)
 
     def _restore(self, checkpoints: Checkpointer) -> tuple[TrainState, RolloutState, dict] | None:
         if checkpoints.latest_step() is None:
