@@ -94,7 +94,6 @@ def test_eval_plot_and_export(smoke_run, tmp_path, capsys):
     capsys.readouterr()
     assert run_cli("eval", smoke_run, "--episodes=3", "--gifs=1") == 0
     metrics = json.loads(capsys.readouterr().out)
-    assert metrics["eval/episodes"] == 3 if "eval/episodes" in metrics else True
     assert 0.0 <= metrics["eval/success_rate"] <= 1.0
     gifs = sorted((smoke_run / "episodes").glob("*.gif"))
     assert gifs and Image.open(gifs[-1]).n_frames >= 1
