@@ -159,16 +159,13 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
 
     if overrides:
         raise UsageError("eval reads the run's config.json; it takes no --config overrides")
-    for flag, value, low in (
-        ("--episodes", args.episodes, 1),
-        ("--temperature", args.temperature, 0),
-    ):
-        if value is not None and not low <= value < float("inf"):
-            raise UsageError(f"{flag}={value}: need a value >= {low}")
-    metrics = evaluate_run(
-        args.run_dir, episodes=args.episodes, gifs=args.gifs, step=args.step,
-        temperature=args.temperature, echo=_echo,
-    )  # fmt: skip
+    try:
+        metrics = evaluate_run(
+            args.run_dir, episodes=args.episodes, gifs=args.gifs, step=args.step,
+            temperature=args.temperature, echo=_echo,
+        )  # fmt: skip
+    except ValueError as err:  # a bad --episodes / --temperature / --gifs
+        raise UsageError(str(err)) from None
     print(json.dumps(metrics, indent=2))
     return 0
 

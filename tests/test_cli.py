@@ -155,23 +155,35 @@ def test_export_loads_in_transformers_with_the_same_logits(smoke_run, tmp_path):
         (["train", "--config.model.path=/nonexistent/model"], "is not a directory"),
         (["train", "--resume"], "--resume needs --workdir"),
         (["eval", "/nonexistent/run"], "config.json not found"),
-        (["eval", "/nonexistent/run", "--episodes=0"], "--episodes=0: need a value >= 1"),
-        (
-            ["eval", "/nonexistent/run", "--temperature=-1"],
-            r"--temperature=-1.0: need a value >= 0",
-        ),
         (["plot", "/nonexistent/run"], "metrics"),
         (["train", "--config.prompt.style=long"], "'prompt.style'='long': valid: full, brief"),
         (["train", "--config.warm_start.noise=2.0"], "'warm_start.noise'=2.0: need a value in"),
     ],
 )
 def test_bad_input_is_one_clear_line(argv, message, capsys):
+    assert_one_line(run_cli(*argv), message, capsys)
+
+
+def assert_one_line(code: int, message: str, capsys) -> None:
     import re
 
-    assert run_cli(*argv) == 2
+    assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("gtr-turbo: error: "), err
     assert re.search(message, err[0]), err[0]
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--episodes=0", "--episodes=0: need a value >= 1"),
+        ("--temperature=-1", r"--temperature=-1.0: need a value >= 0"),
+        ("--temperature=nan", r"--temperature=nan: need a value >= 0"),
+    ],
+)
+def test_bad_eval_flags_are_one_clear_line(smoke_run, flag, message, capsys):
+    capsys.readouterr()
+    assert_one_line(run_cli("eval", smoke_run, flag), message, capsys)
 
 
 def test_corrupt_newest_checkpoint_falls_back(smoke_run, tmp_path, capsys):

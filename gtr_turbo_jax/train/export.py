@@ -78,7 +78,7 @@ def evaluate_run(
     config = run_config(run_dir)
     if episodes is not None:
         if episodes < 1:
-            raise ValueError(f"--episodes={episodes}: need at least 1")
+            raise ValueError(f"--episodes={episodes}: need a value >= 1")
         config.train.eval_episodes = episodes
     if temperature is not None:
         if not 0.0 <= temperature < float("inf"):
