@@ -65,6 +65,16 @@ def test_overrides_are_typed_and_unknown_keys_named():
         load_config("sokoban", ["--config.rl.kl_beta"])
 
 
+def test_optional_options_turn_off_with_none_and_others_refuse_it():
+    config = load_config("sokoban", ["--config.rl.value_clip_eps=None"])
+    assert config.rl.value_clip_eps is None
+    assert load_config("sokoban", ["--config.rl.ratio_guard=5"]).rl.ratio_guard == 5.0
+    with pytest.raises(ConfigError, match="'rl.clip_eps' expects a float .*got None"):
+        load_config("sokoban", ["--config.rl.clip_eps=None"])
+    with pytest.raises(ConfigError, match=r"rl.ratio_guard=0.5 is out of range"):
+        load_config("sokoban", ["--config.rl.ratio_guard=0.5"])
+
+
 def test_bad_values_and_files_are_one_clear_line():
     with pytest.raises(ConfigError, match=r"rl.gamma=1.5 is out of range"):
         load_config("sokoban", ["--config.rl.gamma=1.5"])

@@ -216,8 +216,16 @@ def _parse(raw: str) -> Any:
         return raw  # a bare word: a string (e.g. --config.rl.mode=ppo)
 
 
+# UpdateConfig's optional fields: `--config.rl.value_clip_eps=None` turns the option off.
+NULLABLE_KEYS = frozenset(
+    f"rl.{f.name}" for f in dataclasses.fields(UpdateConfig) if str(f.type).endswith("| None")
+)
+
+
 def _coerce(dotted: str, value: Any, default: Any) -> Any:
     """`value` in the type of `default`, or a ConfigError naming the key."""
+    if value is None and dotted in NULLABLE_KEYS:
+        return None
     if default is None or isinstance(default, ml_collections.ConfigDict):
         if isinstance(default, ml_collections.ConfigDict):
             raise ConfigError(f"config key {dotted!r} is a section; set its keys one by one")
