@@ -1,8 +1,27 @@
 """Shared test set-up: CPU only, no network, deterministic."""
 
+import importlib.util
 import os
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Tests never reach a hub: everything they need is built locally.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+@pytest.fixture(scope="session")
+def load_experiment():
+    """`load_experiment("gradient_snr")`: the script `experiments/gradient_snr.py` as a module."""
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "gradient_snr.py"
-
 
 @pytest.fixture(scope="module")
-def gradient_snr():
-    spec = importlib.util.spec_from_file_location("gradient_snr", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def gradient_snr(load_experiment):
+    return load_experiment("gradient_snr")
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.3, 1.0, 3.0])

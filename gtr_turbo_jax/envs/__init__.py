@@ -16,7 +16,7 @@ from typing import Any
 import gymnax.registration
 
 from gtr_turbo_jax.envs.base import VisualEnv
-from gtr_turbo_jax.envs.wrappers import EarlyTermination, EpisodeStatistics
+from gtr_turbo_jax.envs.wrappers import EarlyTermination, EpisodeStatistics, StepWrapper
 
 # name -> (module, class, gymnax id). Imported lazily: building one env never imports the others.
 ENVS: dict[str, tuple[str, str, str]] = {
@@ -61,4 +61,12 @@ def _register_with_gymnax() -> None:
 
 _register_with_gymnax()
 
-__all__ = ["ENVS", "EarlyTermination", "EpisodeStatistics", "VisualEnv", "env_class", "make"]
+__all__ = [
+    "ENVS",
+    "EarlyTermination",
+    "EpisodeStatistics",
+    "StepWrapper",
+    "VisualEnv",
+    "env_class",
+    "make",
+]

@@ -1,5 +1,6 @@
 """Wrappers over our environments, each one concern.
 
+- `StepWrapper`: delegates everything to the wrapped env; the base of wrappers that change a step.
 - `EarlyTermination`: any reward <= -1 ends the episode, as GTR trains Points24 ("early truncation" in
   the papers). It acts *before* gymnax's automatic reset, so the ended episode really resets. The
   episode ends as terminated (no bootstrap), which is what the reference code's `done` means.
@@ -19,14 +20,14 @@ from flax import struct
 from gtr_turbo_jax.envs.base import VisualEnv
 
 
-class EarlyTermination(VisualEnv):
-    """Ends the episode (terminated) on any reward <= `threshold` (default -1)."""
+class StepWrapper(VisualEnv):
+    """A VisualEnv around another that delegates everything; a subclass overrides `step_env` (the
+    reward or the episode's end) and `name`."""
 
-    def __init__(self, env: VisualEnv, threshold: float = -1.0):
+    def __init__(self, env: VisualEnv):
         if not isinstance(env, VisualEnv):
-            raise TypeError(f"EarlyTermination wraps a VisualEnv, got {type(env).__name__}")
+            raise TypeError(f"{type(self).__name__} wraps a VisualEnv, got {type(env).__name__}")
         self._env = env
-        self.threshold = float(threshold)
         self.action_names = env.action_names
 
     def __getattr__(self, name: str) -> Any:  # render helpers, constants, ...
@@ -36,7 +37,7 @@ class EarlyTermination(VisualEnv):
 
     @property
     def name(self) -> str:
-        return f"{self._env.name}+EarlyTermination"
+        return f"{self._env.name}+{type(self).__name__}"
 
     @property
     def default_params(self) -> Any:
@@ -50,8 +51,7 @@ class EarlyTermination(VisualEnv):
         return self._env.reset_env(key, params)
 
     def step_env(self, key, state, action, params):
-        obs, state, reward, terminated, info = self._env.step_env(key, state, action, params)
-        return obs, state, reward, terminated | (reward <= self.threshold), info
+        return self._env.step_env(key, state, action, params)
 
     def is_truncated(self, state, params):
         return self._env.is_truncated(state, params)
@@ -64,6 +64,18 @@ class EarlyTermination(VisualEnv):
 
     def observe(self, key, state, action, params):
         return self._env.observe(key, state, action, params)
+
+
+class EarlyTermination(StepWrapper):
+    """Ends the episode (terminated) on any reward <= `threshold` (default -1)."""
+
+    def __init__(self, env: VisualEnv, threshold: float = -1.0):
+        super().__init__(env)
+        self.threshold = float(threshold)
+
+    def step_env(self, key, state, action, params):
+        obs, state, reward, terminated, info = self._env.step_env(key, state, action, params)
+        return obs, state, reward, terminated | (reward <= self.threshold), info
 
 
 @struct.dataclass
