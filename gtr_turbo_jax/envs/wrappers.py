@@ -22,7 +22,7 @@ from gtr_turbo_jax.envs.base import VisualEnv
 
 class StepWrapper(VisualEnv):
     """A VisualEnv around another that delegates everything; a subclass overrides `step_env` (the
-    reward or the episode's end) and `name`."""
+    reward or the episode's end). `name` is the wrapped env's plus the subclass's."""
 
     def __init__(self, env: VisualEnv):
         if not isinstance(env, VisualEnv):
