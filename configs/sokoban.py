@@ -18,4 +18,9 @@ def get_config(model: str = "tiny"):
     config.format_reward.update(valid=0.0, invalid=-1.0)
     # A tiny model cannot count rows and columns of the grid in minutes: list the cells it needs.
     config.prompt.positions = tiny
+    if tiny:
+        # 1200 steps of 8 demonstrations (the samples and ~6 min of 600 steps of 16) give a warm
+        # start of 25 / 15 / 18.5% greedy held-out success on seeds 0 / 1 / 2, where 600 of 16
+        # gave 9 / 1.5 / 15%: at this size the steps, not the batch, are what is short.
+        config.warm_start.update(steps=1200, batch_size=8)
     return config
