@@ -85,12 +85,12 @@ def signal_to_noise(grads: np.ndarray) -> dict[str, float]:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a local HF directory (e.g. RUN/sft_model)")
     parser.add_argument("--env", default="sokoban")
     parser.add_argument("--batches", type=int, default=8)
-    args, overrides = parser.parse_known_args()
+    args, overrides = parser.parse_known_args(argv)
     if args.batches < 2:
         parser.error("--batches needs at least 2 batches to compare")
     config = load_config(

@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -74,14 +72,6 @@ def with_solver_credit(build_setup, bonus: float):
     return build
 
 
-def _gradient_snr():
-    path = Path(__file__).with_name("gradient_snr.py")
-    spec = importlib.util.spec_from_file_location("gradient_snr", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bonus", type=float, default=1.0, help="reward per agreeing move")
@@ -92,8 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The trainer builds its setup through this module-level name: swap it for the wrapped one.
     trainer.build_setup = with_solver_credit(trainer.build_setup, args.bonus)
     if args.gradient_snr:
-        sys.argv = [sys.argv[0], *rest]
-        _gradient_snr().main()
+        import gradient_snr  # experiments/, the script's own folder on sys.path
+
+        gradient_snr.main(rest)
         return 0
     from gtr_turbo_jax.cli import main as cli_main
 
