@@ -10,7 +10,7 @@ ARGS ?=
 # Tests and the CPU default never probe for accelerators.
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: install install-all test test-slow test-all lint bench-envs train clean
+.PHONY: install install-all test test-parity test-slow test-all lint bench-envs train clean
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -31,6 +31,11 @@ install-all: $(if $(VENV),$(VENV)/bin/python)
 # Default suite: fast tests only (< 10 minutes on 2 cores). Exit code 5 (no tests) fails.
 test:
 	$(PY) -m pytest -m "not slow" -q
+
+# The fast live-parity tests, which `make test` skips without torch (after `make install-all`).
+test-parity:
+	$(PY) -c "import torch" || (echo "test-parity needs torch: make install-all" && exit 1)
+	$(PY) -m pytest -m "parity and not slow" -q
 
 test-slow:
 	$(PY) -m pytest -m "slow" -q

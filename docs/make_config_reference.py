@@ -20,7 +20,7 @@ from typing import Any
 
 import ml_collections
 
-from gtr_turbo_jax.train.run_config import CONFIG_DIR, MODEL_PRESETS, base_config, smoke
+from gtr_turbo_jax.train.run_config import MODEL_PRESETS, base_config, shipped_configs, smoke
 
 OUTPUT = Path(__file__).resolve().parent / "config_reference.md"
 SMALL_PRESET, REAL_PRESET = "tiny", "qwen2.5-vl-3b"
@@ -132,7 +132,7 @@ def flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def env_files() -> dict[str, Path]:
-    return {path.stem: path for path in sorted(CONFIG_DIR.glob("*.py"))}
+    return shipped_configs()
 
 
 def env_config(path: Path, preset: str) -> ml_collections.ConfigDict:

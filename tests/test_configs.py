@@ -13,12 +13,13 @@ from gtr_turbo_jax.train.run_config import (
     ConfigError,
     env_overrides,
     load_config,
+    shipped_configs,
     smoke,
     update_config,
     validate,
 )
 
-CONFIG_FILES = sorted(CONFIG_DIR.glob("*.py"))
+CONFIG_FILES = list(shipped_configs().values())
 ENVS = ("sokoban", "points24", "ezpoints", "numberline", "blackjack")
 
 

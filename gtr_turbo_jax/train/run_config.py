@@ -36,8 +36,15 @@ import ml_collections
 from gtr_turbo_jax.models import NAMED_CONFIGS
 from gtr_turbo_jax.train.config import UpdateConfig
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# The top-level configs/ folder, installed as the package `gtr_turbo_jax.configs` (setup.cfg), so
+# an installed package finds it from any working directory. Located without importing it.
+CONFIG_DIR = Path(importlib.util.find_spec("gtr_turbo_jax.configs").submodule_search_locations[0])
 OVERRIDE_PREFIX = "--config."
+
+
+def shipped_configs() -> dict[str, Path]:
+    """The shipped config files by env name (`sokoban` -> .../configs/sokoban.py)."""
+    return {p.stem: p for p in sorted(CONFIG_DIR.glob("*.py")) if not p.stem.startswith("_")}
 
 
 class ConfigError(ValueError):
@@ -159,7 +166,7 @@ def resolve_path(spec: str) -> tuple[Path, str | None]:
     if not path.endswith(".py"):
         file = CONFIG_DIR / f"{path}.py"
     if not file.is_file():
-        known = sorted(p.stem for p in CONFIG_DIR.glob("*.py")) if CONFIG_DIR.is_dir() else []
+        known = list(shipped_configs())
         hint = f"; the shipped configs are {', '.join(known)}" if known else ""
         raise ConfigError(f"config file {str(file)!r} not found{hint}")
     return file, (arg or None)
@@ -335,6 +342,7 @@ def env_overrides(config: ml_collections.ConfigDict) -> tuple[str, dict[str, Any
 
 __all__ = [
     "CONFIG_DIR",
+    "shipped_configs",
     "MODEL_PRESETS",
     "ConfigError",
     "apply_override",
