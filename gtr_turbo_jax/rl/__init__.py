@@ -16,6 +16,7 @@ from gtr_turbo_jax.rl.guidance import (
 )
 from gtr_turbo_jax.rl.logprob import (
     lambda_logprob,
+    lambda_token_weights,
     masked_token_mean,
     thought_entropy,
     token_logprobs,
@@ -33,7 +34,7 @@ from gtr_turbo_jax.rl.merge import (
     sma_weights,
     ties_merge,
 )
-from gtr_turbo_jax.rl.ppo import normalize_advantages, ppo_loss
+from gtr_turbo_jax.rl.ppo import normalize_advantages, ppo_loss, token_ppo_loss
 
 __all__ = [
     "KL_ESTIMATORS",
@@ -45,6 +46,7 @@ __all__ = [
     "gae",
     "kl_scope_mask",
     "lambda_logprob",
+    "lambda_token_weights",
     "linear_merge",
     "lora_product",
     "lora_task_products",
@@ -61,4 +63,5 @@ __all__ = [
     "thought_kl",
     "ties_merge",
     "token_logprobs",
+    "token_ppo_loss",
 ]

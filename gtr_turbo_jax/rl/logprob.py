@@ -41,6 +41,15 @@ def lambda_logprob(
     return lam * thought + action
 
 
+def lambda_token_weights(thought_mask: jax.Array, action_mask: jax.Array, lam: float) -> jax.Array:
+    """Each token's weight in `lambda_logprob`: `lam` on thought tokens, 1 on action tokens, 0
+    elsewhere (`[B, L]`, float32), so `lambda_logprob == sum(weights * token_logp)`."""
+    chex.assert_equal_shape([thought_mask, action_mask])
+    check_range("lam", lam, 0.0, 1.0)
+    thought = jnp.where(thought_mask.astype(bool), lam, 0.0)
+    return jnp.where(action_mask.astype(bool), 1.0, thought).astype(jnp.float32)
+
+
 def masked_token_mean(per_token: jax.Array, mask: jax.Array) -> jax.Array:
     """Mean of `per_token` over the masked positions of each row, 0 for a row with none: `-> [B]`."""
     mask = mask.astype(bool)

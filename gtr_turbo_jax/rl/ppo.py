@@ -1,4 +1,5 @@
-"""PPO on the sequence-level ratio of the lambda-weighted reply log-prob (RL4VLM's recipe)."""
+"""PPO on the sequence-level ratio of the lambda-weighted reply log-prob (RL4VLM's recipe), and
+its token-level form (each token's ratio clipped on its own, a weighted token mean: current LLM PPO)."""
 
 from __future__ import annotations
 
@@ -60,38 +61,107 @@ def ppo_loss(
     """
     chex.assert_rank(logp, 1)
     chex.assert_equal_shape([logp, old_logp, advantages, values, old_values, returns])
+    _check(clip_eps, value_clip_eps, value_coef, ratio_guard)
+    mask = _as_mask(mask, logp)
+    logp, old_logp, advantages, values, old_values, returns = (
+        x.astype(jnp.float32) for x in (logp, old_logp, advantages, values, old_values, returns)
+    )
+    surrogate, ratio, log_ratio, guard_hit = _clipped_surrogate(
+        logp - old_logp, advantages, mask, clip_eps, ratio_guard
+    )
+    policy_loss = -_masked_mean(surrogate, mask)
+    value_loss = _value_loss(values, old_values, returns, mask, value_clip_eps)
+    loss = policy_loss + value_coef * value_loss
+    metrics = _metrics(loss, policy_loss, value_loss, log_ratio, ratio, mask, clip_eps, guard_hit)
+    return loss, jax.lax.stop_gradient(metrics)
+
+
+def token_ppo_loss(
+    token_logp: jax.Array,
+    old_token_logp: jax.Array,
+    token_weights: jax.Array,
+    advantages: jax.Array,
+    values: jax.Array,
+    old_values: jax.Array,
+    returns: jax.Array,
+    mask: jax.Array | None = None,
+    *,
+    clip_eps: float = 0.1,
+    value_clip_eps: float | None = 0.1,
+    value_coef: float = 0.5,
+    ratio_guard: float | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """`ppo_loss` with a ratio per token: `[B, L]` log-probs and weights, `[B]` the rest.
+
+    Each token's surrogate `min(r_l A, clip(r_l) A)` (its reply's advantage) is weighted by
+    `token_weights` (RL4VLM's lambda on thought tokens, 1 on action tokens, 0 on padding) and the
+    policy loss is their weighted mean over all tokens of the minibatch. At ratio 1 its gradient
+    is the sequence form's divided by the mean weighted length; the difference is the trust
+    region: the sequence ratio sums ~40 tokens' changes, so a small change per token already
+    clips the whole reply, and the replies still inside the clip carry the step. Here a token
+    stops pulling once it has moved by `clip_eps` itself. The value loss is `ppo_loss`'s.
+    `ratio_guard` looks at token ratios. Metrics are token means.
+    """
+    chex.assert_rank([token_logp, advantages], [2, 1])
+    chex.assert_equal_shape([token_logp, old_token_logp, token_weights])
+    chex.assert_equal_shape([advantages, values, old_values, returns])
+    chex.assert_equal_shape_prefix([token_logp, advantages], 1)
+    _check(clip_eps, value_clip_eps, value_coef, ratio_guard)
+    rows = _as_mask(mask, advantages)
+    weights = jnp.where(rows[:, None], token_weights.astype(jnp.float32), 0.0)
+    tokens = weights > 0
+    surrogate, ratio, log_ratio, guard_hit = _clipped_surrogate(
+        token_logp.astype(jnp.float32) - old_token_logp.astype(jnp.float32),
+        advantages.astype(jnp.float32)[:, None],
+        tokens,
+        clip_eps,
+        ratio_guard,
+    )
+    policy_loss = -jnp.sum(jnp.where(tokens, weights * surrogate, 0.0)) / jnp.maximum(
+        jnp.sum(weights), 1e-8
+    )
+    values, old_values, returns = (x.astype(jnp.float32) for x in (values, old_values, returns))
+    value_loss = _value_loss(values, old_values, returns, rows, value_clip_eps)
+    loss = policy_loss + value_coef * value_loss
+    metrics = _metrics(loss, policy_loss, value_loss, log_ratio, ratio, tokens, clip_eps, guard_hit)
+    return loss, jax.lax.stop_gradient(metrics)
+
+
+def _check(clip_eps, value_clip_eps, value_coef, ratio_guard) -> None:
     check_range("clip_eps", clip_eps, 0.0, float("inf"))
     if value_clip_eps is not None:
         check_range("value_clip_eps", value_clip_eps, 0.0, float("inf"))
     check_range("value_coef", value_coef, 0.0, float("inf"))
     if ratio_guard is not None:
         check_range("ratio_guard", ratio_guard, 1.0, float("inf"), low_open=True)
-    mask = _as_mask(mask, logp)
-    logp, old_logp, advantages, values, old_values, returns = (
-        x.astype(jnp.float32) for x in (logp, old_logp, advantages, values, old_values, returns)
-    )
 
-    log_ratio = logp - old_logp
+
+def _clipped_surrogate(log_ratio, advantages, mask, clip_eps, ratio_guard):
+    """`min(r A, clip(r) A)` elementwise; with `ratio_guard`, the clipped term alone once any
+    ratio under `mask` exceeds it. Returns (surrogate, ratio, log_ratio, guard_hit)."""
     ratio = jnp.exp(log_ratio)
-    unclipped = ratio * advantages
     clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
-    surrogate = jnp.minimum(unclipped, clipped)
+    surrogate = jnp.minimum(ratio * advantages, clipped)
     guard_hit = jnp.array(False)
     if ratio_guard is not None:
         guard_hit = jnp.any(mask & (ratio > ratio_guard))
         surrogate = jnp.where(guard_hit, clipped, surrogate)
-    policy_loss = -_masked_mean(surrogate, mask)
+    return surrogate, ratio, log_ratio, guard_hit
 
+
+def _value_loss(values, old_values, returns, mask, value_clip_eps):
+    """RL4VLM's `0.5 * mean(max((v - R)^2, (v_clipped - R)^2))` (unclipped when `None`)."""
     value_error = jnp.square(values - returns)
     if value_clip_eps is not None:
         values_clipped = old_values + jnp.clip(values - old_values, -value_clip_eps, value_clip_eps)
         value_error = jnp.maximum(value_error, jnp.square(values_clipped - returns))
-    value_loss = 0.5 * _masked_mean(value_error, mask)
+    return 0.5 * _masked_mean(value_error, mask)
 
-    loss = policy_loss + value_coef * value_loss
-    # Metrics carry no gradient: they are for logging.
+
+def _metrics(loss, policy_loss, value_loss, log_ratio, ratio, mask, clip_eps, guard_hit):
+    """Logging only (no gradient): losses and the ratio's statistics over `mask`."""
     log_ratio, ratio = jax.lax.stop_gradient((log_ratio, ratio))
-    metrics = {
+    return {
         "loss": loss,
         "policy_loss": policy_loss,
         "value_loss": value_loss,
@@ -102,4 +172,3 @@ def ppo_loss(
         "ratio_max": jnp.max(jnp.where(mask, ratio, 0.0)),  # ratios are > 0
         "ratio_guard_hit": guard_hit.astype(jnp.float32),
     }
-    return loss, jax.lax.stop_gradient(metrics)

@@ -20,6 +20,7 @@ MERGE_SPACES = ("factored", "dense")
 FORMAT_REWARD_PLACEMENTS = ("after_gae", "in_gae", "ignore")
 KL_ESTIMATORS = ("k1_clipped", "k1", "abs", "k3")
 KL_SCOPES = ("thought", "thought_action")
+RATIO_LEVELS = ("sequence", "token")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +29,11 @@ class UpdateConfig:
     `turbo_sft` (the same with the merged teacher's replies), `turbo_kl` (PPO with the thought KL to
     the merged teacher in the advantage).
 
-    PPO: `ppo_epochs` passes over the batch; each pass is split into optimizer steps of
+    PPO: `ratio_level` `sequence` (RL4VLM: one ratio per reply on the lambda-weighted log-prob)
+    or `token` (`rl.token_ppo_loss`: each token's ratio clipped on its own, a lambda-weighted token
+    mean). The value head's Adam steps are `value_lr_scale` times the policy's (1: the paper's one
+    rate; a freshly initialised critic at a policy rate of 1e-5 barely moves in a short run).
+    `ppo_epochs` passes over the batch; each pass is split into optimizer steps of
     `minibatch_size * grad_accum_steps` samples, whose gradients are averaged over
     `grad_accum_steps` micro-batches of `minibatch_size` (the paper: 128 samples per optimizer step).
     The learning rate follows a cosine from `learning_rate` to `final_learning_rate` over
@@ -72,6 +77,8 @@ class UpdateConfig:
     value_clip_eps: float | None = 0.1
     value_coef: float = 0.5
     ratio_guard: float | None = None
+    ratio_level: str = "sequence"
+    value_lr_scale: float = 1.0
     ppo_epochs: int = 4
     minibatch_size: int = 16
     grad_accum_steps: int = 8
@@ -110,6 +117,7 @@ class UpdateConfig:
             )
         _choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
         _choice("kl_scope", self.kl_scope, KL_SCOPES)
+        _choice("ratio_level", self.ratio_level, RATIO_LEVELS)
         inf = math.inf
         for name, low, high, low_open in (
             ("gamma", 0.0, 1.0, False),
@@ -117,6 +125,7 @@ class UpdateConfig:
             ("thought_lambda", 0.0, 1.0, False),
             ("clip_eps", 0.0, inf, True),
             ("value_coef", 0.0, inf, False),
+            ("value_lr_scale", 0.0, inf, False),
             ("learning_rate", 0.0, inf, True),
             ("final_learning_rate", 0.0, inf, False),
             ("adam_eps", 0.0, inf, True),

@@ -264,21 +264,32 @@ def _update_step(
         dropout_key, sft_key, sft_dropout_key = jax.random.split(key, 3)
         scores = score(policy, state.base, rows, rows.response_ids, rows.response_mask, dropout_key)
         token_logp = rl.token_logprobs(scores.logits, rows.response_ids, config.temperature)
-        logp = rl.lambda_logprob(
-            token_logp, rows.thought_mask, rows.action_mask, config.thought_lambda
-        )
-        loss, metrics = rl.ppo_loss(
-            logp,
-            old_logp[index],
-            normalized[index],
+        value_terms = (
             value_head(value_params, scores.prompt_hidden),
             old["value"][index],
             returns[index],
+        )
+        clipping = dict(
             clip_eps=config.clip_eps,
             value_clip_eps=config.value_clip_eps,
             value_coef=config.value_coef,
             ratio_guard=config.ratio_guard,
         )
+        if config.ratio_level == "token":
+            weights = rl.lambda_token_weights(
+                rows.thought_mask, rows.action_mask, config.thought_lambda
+            )
+            loss, metrics = rl.token_ppo_loss(
+                token_logp, old["token_logp"][index], weights, normalized[index], *value_terms,
+                **clipping,
+            )  # fmt: skip
+        else:
+            logp = rl.lambda_logprob(
+                token_logp, rows.thought_mask, rows.action_mask, config.thought_lambda
+            )
+            loss, metrics = rl.ppo_loss(
+                logp, old_logp[index], normalized[index], *value_terms, **clipping
+            )
         if config.uses_sft:
             pick = jax.random.randint(sft_key, (config.sft_rows,), 0, dagger_filled)
             pairs = dagger.rows(pick)
@@ -310,6 +321,9 @@ def _update_step(
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(grad_norm) & jnp.all(jnp.isfinite(metrics["loss"]))
         updates, new_opt_state = optimizer.update(grads, opt_state, trainable)
+        if config.value_lr_scale != 1.0:  # the critic's own step size (static: one program)
+            scaled = jax.tree.map(lambda u: u * config.value_lr_scale, updates[1])
+            updates = (updates[0], scaled)
         new_trainable = optax.apply_updates(trainable, updates)
         # A non-finite step is skipped, not applied: the state stays usable, `finite` reports it.
         carry = _tree_where(finite, (new_trainable, new_opt_state), (trainable, opt_state))

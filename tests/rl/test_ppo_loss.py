@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from gtr_turbo_jax.rl import normalize_advantages, ppo_loss
+from gtr_turbo_jax.rl import lambda_logprob, normalize_advantages, ppo_loss, token_ppo_loss
 
 B = 16
 
@@ -156,3 +156,96 @@ def test_ppo_loss_rejects_bad_config(kwargs, message):
     batch = random_minibatch(6)
     with pytest.raises(ValueError, match=message):
         ppo_loss(*batch, **kwargs)
+
+
+def token_ppo_reference(
+    token_logp, old_token_logp, weights, adv, values, old_values, returns, clip
+):
+    """Per token, in plain Python: each token's own clipped surrogate, a weighted token mean."""
+    num = den = 0.0
+    kls, clipped, ratios = [], [], []
+    for b in range(token_logp.shape[0]):
+        for t in range(token_logp.shape[1]):
+            w = float(weights[b, t])
+            if w <= 0:
+                continue
+            r = math.exp(token_logp[b, t] - old_token_logp[b, t])
+            surr = min(r * adv[b], min(max(r, 1 - clip), 1 + clip) * adv[b])
+            num, den = num + w * surr, den + w
+            kls.append((r - 1) - math.log(r))
+            clipped.append(abs(r - 1) > clip)
+            ratios.append(r)
+    value_terms = []
+    for b in range(len(values)):
+        v_clipped = old_values[b] + min(max(values[b] - old_values[b], -clip), clip)
+        value_terms.append(max((values[b] - returns[b]) ** 2, (v_clipped - returns[b]) ** 2))
+    value_loss = 0.5 * sum(value_terms) / len(values)
+    return {
+        "policy_loss": -num / den,
+        "value_loss": value_loss,
+        "loss": -num / den + 0.5 * value_loss,
+        "approx_kl": sum(kls) / len(kls),
+        "clip_fraction": sum(clipped) / len(clipped),
+        "ratio_max": max(ratios),
+    }
+
+
+def token_minibatch(seed, length=12):
+    rng = np.random.default_rng(seed)
+    old = -rng.exponential(1.0, size=(B, length)).astype(np.float32)
+    new = old + rng.normal(scale=0.15, size=(B, length)).astype(np.float32)
+    # lambda 0.5 on the first tokens (thoughts), 1 on the next (action), 0 on right padding
+    lengths = rng.integers(3, length + 1, size=B)
+    thought = rng.integers(1, 3, size=B)
+    cols = np.arange(length)[None]
+    weights = np.where(cols < lengths[:, None] - thought[:, None], 0.5, 1.0)
+    weights = np.where(cols < lengths[:, None], weights, 0.0).astype(np.float32)
+    _, _, adv, values, old_values, returns = random_minibatch(seed)
+    return new, old, weights, adv, values, old_values, returns
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_token_ppo_loss_matches_a_per_token_transcription(seed):
+    args = token_minibatch(seed)
+    loss, metrics = jax.jit(partial(token_ppo_loss, clip_eps=0.1, value_clip_eps=0.1))(*args)
+    expected = token_ppo_reference(*args, clip=0.1)
+    assert 0 < expected["clip_fraction"] < 1  # both branches of the clip are exercised
+    for name, value in expected.items():
+        np.testing.assert_allclose(metrics[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(loss, expected["loss"], rtol=1e-5, atol=1e-6)
+
+
+def test_token_ppo_gradient_at_ratio_one_is_the_sequence_gradient_over_the_weight():
+    """At ratio 1 the token form's policy gradient is the sequence form's (lambda-weighted sum)
+    scaled by B / sum(weights): the same direction, a per-token trust region after it."""
+    new, _, weights, adv, values, old_values, returns = token_minibatch(7)
+    thought = (weights == 0.5).astype(np.float32)
+    action = (weights == 1.0).astype(np.float32)
+
+    def token_form(logp):
+        loss, _ = token_ppo_loss(logp, new, weights, adv, values, old_values, returns, value_coef=0)
+        return loss
+
+    def sequence_form(logp):
+        seq = lambda_logprob(logp, thought, action, 0.5)
+        old = lambda_logprob(new, thought, action, 0.5)
+        loss, _ = ppo_loss(seq, old, adv, values, old_values, returns, value_coef=0)
+        return loss
+
+    scale = B / weights.sum()
+    np.testing.assert_allclose(
+        jax.grad(token_form)(new), scale * jax.grad(sequence_form)(new), rtol=1e-5, atol=1e-7
+    )
+
+
+def test_token_ppo_clips_each_token_on_its_own():
+    """One token pushed past the clip stops pulling; its neighbour in the same reply still pulls
+    (the sequence ratio of the two would be clipped as a whole)."""
+    old = np.zeros((1, 2), np.float32)
+    new = np.array([[0.5, 0.0]], np.float32)  # token 0 moved by e^0.5 - 1 > 0.1, token 1 not
+    weights = np.ones((1, 2), np.float32)
+    adv, zero = np.ones(1, np.float32), np.zeros(1, np.float32)
+    grad = jax.grad(lambda lp: token_ppo_loss(lp, old, weights, adv, zero, zero, zero)[0])(new)
+    assert grad[0, 0] == 0 and grad[0, 1] < 0
+    seq = jax.grad(lambda lp: ppo_loss(lp.sum(1), old.sum(1), adv, zero, zero, zero)[0])(new)
+    np.testing.assert_array_equal(seq, 0.0)

@@ -153,8 +153,10 @@ def test_kl_pulls_thoughts_toward_the_teacher_and_ignores_the_action(checkpoint,
     assert np.all(thought_after[1::2] < thought_before[1::2])
 
 
-def test_ppo_raises_the_log_prob_of_rewarded_replies(checkpoint, scorer):
-    defs, state = build_state(checkpoint, PPO_CONFIG, seed=4)
+@pytest.mark.parametrize("ratio_level", ["sequence", "token"])
+def test_ppo_raises_the_log_prob_of_rewarded_replies(checkpoint, scorer, ratio_level):
+    config = PPO_CONFIG.replace(ratio_level=ratio_level)
+    defs, state = build_state(checkpoint, config, seed=4)
     reward = np.array([[0.0, 0.0], [1.0, -1.0]], np.float32)  # the second turn ends both episodes
     batch = make_batch(1, reward=reward)
     weights = np.where(np.asarray(batch.thought_mask).reshape(SAMPLES, -1), 0.5, 0.0)
@@ -163,7 +165,7 @@ def test_ppo_raises_the_log_prob_of_rewarded_replies(checkpoint, scorer):
         1
     )
     for _ in range(2):
-        state, metrics = update_step(state, batch, defs, PPO_CONFIG)
+        state, metrics = update_step(state, batch, defs, config)
         assert metrics["finite"] == 1.0 and metrics["kl_mean"] == 0.0
     after = (reply_logp(scorer(defs.model, state.base, state.policy, batch), batch) * weights).sum(
         1
@@ -171,6 +173,28 @@ def test_ppo_raises_the_log_prob_of_rewarded_replies(checkpoint, scorer):
     rewarded, punished = 2 * ENVS - 2, 2 * ENVS - 1  # samples (turn 1, env 0) and (turn 1, env 1)
     assert after[rewarded] > before[rewarded] + 0.05
     assert after[punished] < before[punished] - 0.05
+
+
+def test_value_lr_scale_sets_the_critics_step_alone(checkpoint):
+    """One optimizer step: 0 freezes the value head and leaves the policy's step as it was; 10
+    moves the head 10x as far."""
+    batch = make_batch(1)
+    moved = {}
+    for scale in (1.0, 0.0, 10.0):
+        config = PPO_CONFIG.replace(
+            value_lr_scale=scale, ppo_epochs=1, minibatch_size=SAMPLES, grad_accum_steps=1
+        )
+        defs, state = build_state(checkpoint, config, seed=4)
+        before = to_numpy((state.policy, state.value_head))
+        state, _ = update_step(state, batch, defs, config)
+        after = to_numpy((state.policy, state.value_head))
+        moved[scale] = [
+            np.concatenate([np.ravel(b - a) for a, b in zip(*map(jax.tree.leaves, pair))])
+            for pair in zip(before, after)
+        ]
+    assert np.abs(moved[1.0][1]).max() > 0 and np.abs(moved[0.0][1]).max() == 0
+    np.testing.assert_array_equal(moved[0.0][0], moved[1.0][0])  # the policy's step is unchanged
+    np.testing.assert_allclose(moved[10.0][1], 10 * moved[1.0][1], rtol=1e-4, atol=1e-9)
 
 
 def test_nan_reward_is_reported_and_the_update_skipped(checkpoint):
@@ -204,6 +228,8 @@ def test_incompatible_batch_is_one_clear_error(checkpoint):
         ({"merge_density": 0.0}, "UpdateConfig.merge_density=0.0 is out of range"),
         ({"clip_eps": float("nan")}, "UpdateConfig.clip_eps=nan is out of range"),
         ({"kl_estimator": "k2"}, "UpdateConfig.kl_estimator='k2' is not supported"),
+        ({"ratio_level": "reply"}, "UpdateConfig.ratio_level='reply' is not supported"),
+        ({"value_lr_scale": -1.0}, "UpdateConfig.value_lr_scale=-1.0 is out of range"),
         ({"final_learning_rate": 1.0}, "final_learning_rate=1.0 is out of range"),
         (
             {"warmup_updates": -1},
