@@ -71,6 +71,7 @@ MEANINGS: dict[str, str] = {
     "rl.ratio_guard": "if any ratio in a micro-batch exceeds it, only the clipped term is used (None: off; RL4VLM's code: 10)",
     "rl.ratio_level": "PPO ratio per reply (sequence: RL4VLM, on the lambda-weighted log-prob) or per token (token: each token clipped on its own, a lambda-weighted token mean)",
     "rl.value_lr_scale": "the value head's Adam steps relative to the policy's (1: the paper's one rate)",
+    "rl.value_backbone_grad": "whether the value loss trains the shared backbone too (True: the paper) or the value head alone",
     "rl.ppo_epochs": "passes over each update's batch",
     "rl.minibatch_size": "samples per forward/backward (a micro-batch)",
     "rl.grad_accum_steps": "micro-batches whose gradients are averaged into one optimizer step",

@@ -8,6 +8,10 @@ over `x` (env steps by default). Conventions:
   smoothed curve (TensorBoard's debiased EMA) is solid and the raw one faint behind it;
 - the evaluation value `eval/<metric>` (logged only at evaluation points, on held-out levels) is
   drawn in the run's colour as circles joined by a dashed line, never smoothed;
+- each legend entry says which curve it is (`train_label`, `eval_label`): the training success is
+  "training success (sampled, episodes by start update, last 200)" (the live window of
+  `train.live`: it lags by about one episode), the held-out one "held-out success (greedy, N
+  episodes)" with N and greedy / sampled read from the run's `config.json`;
 - a metric no run logged (neither key) is skipped; NaN (logged `null`: not finite) is a gap.
 
 `series(records, key, x)` is what a line draws; `metric_figure` returns the figure (Line2D `gid`s
@@ -22,12 +26,13 @@ import math
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gtr_turbo_jax.train.live import SUCCESS_WINDOW
 from gtr_turbo_jax.train.logger import read_metrics
 
 if TYPE_CHECKING:
@@ -55,6 +60,14 @@ TITLES = {
     "grounding": "thought grounding accuracy",
     "no_effect_rate": "moves without effect",
 }
+# What the training value of a metric is (legend); the live window is `train.live`'s.
+LIVE_WINDOW = f"sampled, episodes by start update, last {SUCCESS_WINDOW}"
+TRAIN_KINDS = {
+    "success_rate": f"training success ({LIVE_WINDOW})",
+    "return_mean": f"training return ({LIVE_WINDOW})",
+}
+TRAIN_KIND = "training (sampled, per update)"
+EVAL_NAMES = {"success_rate": "success", "return_mean": "return"}
 X_LABELS = {"env_steps": "env steps", "step": "update", "wall_s": "wall-clock seconds"}
 FIGSIZE = (6.4, 4.0)  # inches; at DPI 100 a 640 x 400 PNG
 OVERVIEW_PANEL = (4.8, 3.2)  # inches per overview panel
@@ -69,6 +82,7 @@ class Run:
 
     label: str
     records: list[dict[str, Any]]
+    config: Mapping[str, Any] = field(default_factory=dict)  # config.json ({} when absent)
 
 
 def series(
@@ -110,14 +124,45 @@ def smooth(ys: np.ndarray, weight: float) -> np.ndarray:
     return out
 
 
+def _config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """`run_dir/config.json`, or {} when there is none (or it is unreadable)."""
+    try:
+        config = json.loads((Path(run_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _get(config: Mapping[str, Any], section: str, key: str) -> Any:
+    part = config.get(section)
+    return part.get(key) if isinstance(part, Mapping) else None
+
+
 def run_label(run_dir: str | os.PathLike[str]) -> str:
     """`rl.mode` from `run_dir/config.json` when it holds one, else the directory's name."""
-    path = Path(run_dir)
-    try:
-        mode = json.loads((path / "config.json").read_text())["rl"]["mode"]
-    except (OSError, ValueError, KeyError, TypeError):
-        mode = None  # no (readable) config: the directory name says which run it is
-    return str(mode) if mode else path.resolve().name
+    mode = _get(_config(run_dir), "rl", "mode")
+    # no (readable) mode: the directory name says which run it is
+    return str(mode) if mode else Path(run_dir).resolve().name
+
+
+def train_label(key: str) -> str:
+    """What the training curve of `key` is: the live window for success and return (episodes
+    counted by the update they started in, complete cohorts only), else the update's batch."""
+    return TRAIN_KINDS.get(key, TRAIN_KIND)
+
+
+def eval_label(key: str, config: Mapping[str, Any]) -> str:
+    """What the evaluation curve of `key` is: "held-out success (greedy, 200 episodes)", with
+    the decoding and the number of episodes from the run's config when it has them."""
+    temperature = _get(config, "sampling", "eval_temperature")
+    episodes = _get(config, "train", "eval_episodes")
+    details = []
+    if _is_number(temperature):
+        details.append("greedy" if temperature <= 0 else f"sampled at T={temperature:g}")
+    if _is_number(episodes):
+        details.append(f"{episodes:g} episodes")
+    name = EVAL_NAMES.get(key, TITLES.get(key, key))
+    return f"held-out {name}" + (f" ({', '.join(details)})" if details else "")
 
 
 def load_runs(run_dirs: Sequence[str | os.PathLike[str]]) -> list[Run]:
@@ -132,7 +177,7 @@ def load_runs(run_dirs: Sequence[str | os.PathLike[str]]) -> list[Run]:
         name = Path(run_dir).resolve().name
         if counts[label] > 1 and label != name:
             label = f"{label} ({name})"
-        runs.append(Run(label=label, records=read_metrics(run_dir)))
+        runs.append(Run(label=label, records=read_metrics(run_dir), config=_config(run_dir)))
     return runs
 
 
@@ -143,9 +188,11 @@ def _has_key(runs: Sequence[Run], key: str) -> bool:
 def draw_metric(
     ax: Axes, runs: Sequence[Run], key: str, *, x: str = "env_steps", smoothing: float = 0.0
 ) -> None:
-    """Draws `key` (training, solid) and `eval/key` (markers, dashed) of every run on `ax`."""
+    """Draws `key` (training, solid) and `eval/key` (markers, dashed) of every run on `ax`; the
+    legend entries are "<run>: <what the curve is>" (`train_label`, `eval_label`)."""
     for index, run in enumerate(runs):
         color = f"C{index % 10}"
+        train_name = f"{run.label}: {train_label(key)}"
         xs, ys = series(run.records, key, x)
         if len(xs):
             if smoothing > 0.0:
@@ -156,11 +203,11 @@ def draw_metric(
                     xs,
                     smooth(ys, smoothing),
                     color=color,
-                    label=run.label,
+                    label=train_name,
                     gid=f"{run.label}|smoothed",
                 )
             else:
-                ax.plot(xs, ys, color=color, label=run.label, gid=f"{run.label}|train")
+                ax.plot(xs, ys, color=color, label=train_name, gid=f"{run.label}|train")
         eval_xs, eval_ys = series(run.records, EVAL_PREFIX + key, x)
         if len(eval_xs):
             ax.plot(
@@ -170,7 +217,7 @@ def draw_metric(
                 linestyle="--",
                 marker="o",
                 markersize=4,
-                label=f"{run.label} eval",
+                label=f"{run.label}: {eval_label(key, run.config)}",
                 gid=f"{run.label}|eval",
             )
     ax.set_title(TITLES.get(key, key))

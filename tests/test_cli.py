@@ -62,6 +62,14 @@ def test_train_writes_the_run_directory(smoke_run, capsys):
     assert checkpoint_steps(smoke_run)[-1] == updates
     summary = json.loads((smoke_run / "summary.json").read_text())
     assert summary["updates"] == updates and "eval/success_rate" in summary["final"]
+    # Each evaluation's per-level outcomes, for paired comparisons (experiments/lab.py).
+    levels = [json.loads(x) for x in (smoke_run / "eval_episodes.jsonl").read_text().splitlines()]
+    evals = [line for line in lines if "eval/success_rate" in line]
+    assert [level["step"] for level in levels] == [line["step"] for line in evals]
+    for level, line in zip(levels, evals):
+        assert len(level["success"]) == len(level["return"]) == config["train"]["eval_episodes"]
+        assert np.mean(level["success"]) == pytest.approx(line["eval/success_rate"])
+        assert np.mean(level["return"]) == pytest.approx(line["eval/return_mean"], abs=1e-5)
 
 
 def test_train_keeps_the_warm_start_as_sft_would_write_it(smoke_run, tmp_path):

@@ -12,11 +12,13 @@ from gtr_turbo_jax.plot import (
     DPI,
     FIGSIZE,
     Run,
+    eval_label,
     load_runs,
     metric_figure,
     plot_runs,
     series,
     smooth,
+    train_label,
 )
 from gtr_turbo_jax.train.logger import MetricsLogger
 
@@ -55,12 +57,13 @@ def test_smooth_is_debiased_ema_skipping_nan():
         smooth(np.array([1.0]), 1.0)
 
 
-def _write_run(run_dir, records, mode=None):
+def _write_run(run_dir, records, mode=None, **sections):
     with MetricsLogger(run_dir, tensorboard=False) as logger:
         for record in records:
             logger.log(record["step"], {k: v for k, v in record.items() if k != "step"})
     if mode is not None:
-        (run_dir / "config.json").write_text(json.dumps({"rl": {"mode": mode}, "seed": 0}))
+        config = {"rl": {"mode": mode}, "seed": 0, **sections}
+        (run_dir / "config.json").write_text(json.dumps(config))
 
 
 OTHER = [
@@ -73,7 +76,13 @@ OTHER = [
 def two_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     first, second = root / "sokoban-turbo_kl-1", root / "sokoban-ppo-1"
-    _write_run(first, RECORDS, mode="turbo_kl")
+    _write_run(
+        first,
+        RECORDS,
+        mode="turbo_kl",
+        sampling={"temperature": 1.0, "eval_temperature": 0.0},
+        train={"eval_episodes": 200},
+    )
     _write_run(second, OTHER)  # no config.json: labelled by its directory name
     return first, second
 
@@ -97,12 +106,32 @@ def test_figure_draws_each_runs_series_and_eval_points(two_runs):
     assert lines["turbo_kl|eval"].get_color() == lines["turbo_kl|train"].get_color()
     assert lines["sokoban-ppo-1|train"].get_color() != lines["turbo_kl|train"].get_color()
     legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
-    assert legend == ["turbo_kl", "turbo_kl eval", "sokoban-ppo-1"]
+    # Each entry says what the curve is: the live training window, the held-out evaluation.
+    assert legend == [
+        "turbo_kl: training success (sampled, episodes by start update, last 200)",
+        "turbo_kl: held-out success (greedy, 200 episodes)",
+        "sokoban-ppo-1: training success (sampled, episodes by start update, last 200)",
+    ]
 
     # valid_rate: only the second run logged it; self_bleu: nobody did.
     only = _lines_by_gid(metric_figure(runs, "valid_rate"))
     assert list(only) == ["sokoban-ppo-1|train"]
     assert metric_figure(runs, "self_bleu") is None
+
+
+def test_curve_labels_say_what_each_curve_is():
+    assert train_label("return_mean") == (
+        "training return (sampled, episodes by start update, last 200)"
+    )
+    assert train_label("kl_mean") == "training (sampled, per update)"
+    sampled = {"sampling": {"eval_temperature": 0.7}, "train": {"eval_episodes": 100}}
+    assert (
+        eval_label("success_rate", sampled) == "held-out success (sampled at T=0.7, 100 episodes)"
+    )
+    assert eval_label("grounding", {}) == "held-out thought grounding accuracy"  # no config.json
+    assert eval_label("valid_rate", {"train": {"eval_episodes": 8}}) == (
+        "held-out valid-reply rate (8 episodes)"
+    )
 
 
 def test_smoothed_figure_draws_raw_and_smoothed_curves():

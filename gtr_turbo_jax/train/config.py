@@ -33,6 +33,9 @@ class UpdateConfig:
     or `token` (`rl.token_ppo_loss`: each token's ratio clipped on its own, a lambda-weighted token
     mean). The value head's Adam steps are `value_lr_scale` times the policy's (1: the paper's one
     rate; a freshly initialised critic at a policy rate of 1e-5 barely moves in a short run).
+    `value_backbone_grad=False` stops the value loss at the head's input: the critic still reads
+    the shared backbone's features but no longer moves them (under Adam, a fresh critic's loss,
+    ~10x the policy's, otherwise sets the direction of the backbone's first steps).
     `ppo_epochs` passes over the batch; each pass is split into optimizer steps of
     `minibatch_size * grad_accum_steps` samples, whose gradients are averaged over
     `grad_accum_steps` micro-batches of `minibatch_size` (the paper: 128 samples per optimizer step).
@@ -79,6 +82,7 @@ class UpdateConfig:
     ratio_guard: float | None = None
     ratio_level: str = "sequence"
     value_lr_scale: float = 1.0
+    value_backbone_grad: bool = True
     ppo_epochs: int = 4
     minibatch_size: int = 16
     grad_accum_steps: int = 8

@@ -33,7 +33,7 @@ from flax import nnx
 from gtr_turbo_jax.rollout.batch import Batch
 from gtr_turbo_jax.rollout.metrics import thought_length
 from gtr_turbo_jax.rollout.multiturn import RolloutState, make_rollout
-from gtr_turbo_jax.train import sharding, teachers
+from gtr_turbo_jax.train import live, sharding, teachers
 from gtr_turbo_jax.train.checkpoint import Checkpointer, CheckpointError
 from gtr_turbo_jax.train.logger import MetricsLogger
 from gtr_turbo_jax.train.run_config import ConfigError
@@ -41,7 +41,11 @@ from gtr_turbo_jax.train.setup import RunSetup, build_model, build_setup, model_
 from gtr_turbo_jax.train.state import TrainState, init_train_state, split_model
 from gtr_turbo_jax.train.update import update_step
 
-SUCCESS_WINDOW = 64  # finished training episodes behind the logged success_rate
+# The logged success_rate / return_mean: the last SUCCESS_WINDOW training episodes of the completed
+# start-update cohorts (`train.live`: episodes counted by the update they started in, so the
+# window is not biased towards short episodes as one of the episodes that ended is).
+SUCCESS_WINDOW = live.SUCCESS_WINDOW
+EVAL_LEVELS_FILE = "eval_episodes.jsonl"  # per-level held-out outcomes, a line per evaluation
 LOG_KEYS = ("kl_mean", "kl_max", "loss", "policy_loss", "value_loss", "sft_loss", "clip_fraction",
             "approx_kl", "thought_entropy", "grad_norm", "learning_rate", "teacher_policy_distance",
             "value_mean", "advantage_std", "finite", "merged")  # fmt: skip
@@ -57,13 +61,14 @@ def _keys(seed: int) -> dict[str, jax.Array]:
     return dict(zip(names, jax.random.split(root, len(names))))
 
 
-def _episode_stats(episodes: dict[str, jax.Array]) -> tuple[np.ndarray, np.ndarray]:
-    """(success, return) of the episodes that ended during a rollout, in turn order."""
-    ended = np.asarray(episodes["returned_episode"], bool)
-    return (
-        np.asarray(episodes["success"], bool)[ended],
-        np.asarray(episodes["episode_return"], np.float64)[ended],
-    )
+def _episode_stats(
+    episodes: dict[str, jax.Array], window: live.LiveWindow, update: int
+) -> tuple[live.LiveWindow, int]:
+    """The live window after update `update`'s rollout (`live.advance`: episodes counted by the
+    update they started in) and the number of episodes that ended during the rollout."""
+    returned = np.asarray(episodes["returned_episode"], bool)
+    window = live.advance(window, update, returned, episodes["success"], episodes["episode_return"])
+    return window, int(returned.sum())
 
 
 def _thought_words(setup: RunSetup, batch: Batch) -> float:
@@ -226,12 +231,24 @@ class Trainer:
             "warm_start/seconds": time.perf_counter() - start,
         }
 
-    def evaluate(self, state: TrainState, update: int) -> dict[str, float]:
+    def evaluate(self, state: TrainState, update: int, levels: bool = False) -> dict[str, float]:
+        """Held-out metrics of `state`. `levels`: also append each level's success and return to
+        RUN_DIR/eval_episodes.jsonl (`EVAL_LEVELS_FILE`), for paired comparisons between two
+        evaluations of one run; a resumed run appends its evaluations again (readers keep the
+        last line of a step, which an exact resume makes identical)."""
         # The same key at every evaluation: the same held-out levels (and, when sampling, the
         # same draws), so the warm start and the trained model are compared pair for pair.
         result = self.evaluator(state.base, state.policy, state.value_head, self.keys["eval"])
         if result.episodes and self.config.train.record_episodes:
             self._record(result.episodes, update)
+        if levels:
+            line = {
+                "step": update,
+                "success": [int(e.success) for e in result.episodes],
+                "return": [float(sum(e.rewards)) for e in result.episodes],
+            }
+            with open(self.workdir / EVAL_LEVELS_FILE, "a") as file:
+                file.write(json.dumps(line) + "\n")
         return {f"eval/{k}": float(v) for k, v in result.metrics.items()}
 
     def _record(self, episodes, update: int) -> None:
@@ -254,8 +271,9 @@ class Trainer:
             self._model, self._value_head, self.setup.update, self.keys["state"], self.batch_like()
         )
         rollout_state = self.rollout.init(self.keys["rollout"], self.config.train.num_envs)
-        host = {"update": 0, "env_steps": 0, "wall_s": 0.0, "successes": [], "returns": []}
-        initial_eval = self.evaluate(state, 0)
+        host = {"update": 0, "env_steps": 0, "wall_s": 0.0}
+        host.update(live.LiveWindow.fresh(self.config.train.num_envs, SUCCESS_WINDOW).to_host())
+        initial_eval = self.evaluate(state, 0, levels=True)
         host["initial_eval"] = initial_eval
         host["warm_start"] = warm
         self.logger.log(0, {"env_steps": 0, **warm, **initial_eval})
@@ -356,16 +374,17 @@ class Trainer:
             )
         return batch
 
-    def _log_line(self, batch: Batch, metrics, episodes, host, windows) -> dict[str, Any]:
-        successes, returns = windows
-        won, ret = _episode_stats(episodes)
-        successes.extend(won.tolist())
-        returns.extend(ret.tolist())
+    def _log_line(self, batch: Batch, metrics, episodes, host, update: int) -> dict[str, Any]:
+        """The metrics line of update `update` (0-based: the rollout's update); advances the live
+        window's entries of `host`."""
+        window = live.LiveWindow.from_host(host, self.config.train.num_envs, SUCCESS_WINDOW)
+        window, ended = _episode_stats(episodes, window, update)
+        host.update(window.to_host())
         return {
             "env_steps": host["env_steps"],
-            "success_rate": float(np.mean(successes)) if successes else math.nan,
-            "return_mean": float(np.mean(returns)) if returns else math.nan,
-            "episodes": len(won),
+            "success_rate": window.success_rate,
+            "return_mean": window.return_mean,
+            "episodes": ended,
             "valid_rate": float(np.mean(np.asarray(batch.valid))),
             "thought_len": _thought_words(self.setup, batch),
             "reward_mean": float(np.mean(np.asarray(batch.reward))),
@@ -374,10 +393,8 @@ class Trainer:
 
     def _loop(self, state, rollout_state, host, checkpoints):
         setup, train = self.setup, self.config.train
-        windows = (
-            collections.deque(host["successes"], maxlen=SUCCESS_WINDOW),
-            collections.deque(host["returns"], maxlen=SUCCESS_WINDOW),
-        )
+        # An old checkpoint without the per-env episode starts: `LiveWindow.from_host` falls back.
+        host.update(live.LiveWindow.from_host(host, train.num_envs, SUCCESS_WINDOW).to_host())
         bar = _bar(train.updates, f"{setup.update.mode} {setup.env_name}")
         bar.advance(host["update"])
         clock = time.perf_counter() - host["wall_s"]
@@ -407,11 +424,11 @@ class Trainer:
             host["env_steps"] += train.num_envs * train.turns_per_update
             host["update"] = update + 1
             with timer("logging"):
-                line = self._log_line(batch, metrics, episodes, host, windows)
+                line = self._log_line(batch, metrics, episodes, host, update)
             last = update + 1 == train.updates
             if (update + 1) % train.eval_every == 0 or last:
                 with timer("eval"):
-                    line.update(self.evaluate(state, update + 1))
+                    line.update(self.evaluate(state, update + 1, levels=True))
             host["wall_s"] = time.perf_counter() - clock
             line["wall_s"] = host["wall_s"]
             # Seconds per phase since the previous line (its checkpoint save included).
@@ -419,7 +436,6 @@ class Trainer:
             with timer("logging"):
                 self.logger.log(update + 1, line)
                 bar.step(1, _shown(line))
-            host["successes"], host["returns"] = list(windows[0]), list(windows[1])
             if (update + 1) % train.checkpoint_every == 0 or last:
                 with timer("checkpoint"):
                     saved = checkpoints.save(

@@ -191,6 +191,9 @@ def _update_step(
     num_samples, micro = batch.num_samples, config.minibatch_size
     samples = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
     value_head = lambda params, hidden: nnx.merge(defs.value_head, params)(hidden)
+    # `value_backbone_grad=False`: the value loss trains the head alone (the backbone's features
+    # are the policy's); the paper's critic shares the backbone and its gradient.
+    critic_input = (lambda h: h) if config.value_backbone_grad else jax.lax.stop_gradient
 
     def score(adapters, base, prompts, reply_ids, reply_mask, dropout_key=None):
         """`prompts`: anything with `prompt_ids`, `prompt_mask`, `image_patches` rows."""
@@ -265,7 +268,7 @@ def _update_step(
         scores = score(policy, state.base, rows, rows.response_ids, rows.response_mask, dropout_key)
         token_logp = rl.token_logprobs(scores.logits, rows.response_ids, config.temperature)
         value_terms = (
-            value_head(value_params, scores.prompt_hidden),
+            value_head(value_params, critic_input(scores.prompt_hidden)),
             old["value"][index],
             returns[index],
         )

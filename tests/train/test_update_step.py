@@ -197,6 +197,30 @@ def test_value_lr_scale_sets_the_critics_step_alone(checkpoint):
     np.testing.assert_allclose(moved[10.0][1], 10 * moved[1.0][1], rtol=1e-4, atol=1e-9)
 
 
+def test_value_loss_without_backbone_grad_leaves_the_policy_step_alone(checkpoint):
+    """`value_backbone_grad=False`: the policy's step is the one without any value loss, while
+    the head still learns; with the gradient (the paper) the value loss moves the policy too."""
+    batch = make_batch(1)
+    # One optimizer step, no global-norm clip (the value head's gradient would enter its norm).
+    one_step = dict(ppo_epochs=1, minibatch_size=SAMPLES, grad_accum_steps=1, grad_clip=1e9)
+    steps = {}
+    for name, changes in {
+        "no_value_loss": dict(value_coef=0.0),
+        "detached": dict(value_coef=5.0, value_backbone_grad=False),
+        "shared": dict(value_coef=5.0),
+    }.items():
+        config = PPO_CONFIG.replace(**one_step, **changes)
+        defs, state = build_state(checkpoint, config, seed=4)
+        before = to_numpy((state.policy, state.value_head))
+        state, _ = update_step(state, batch, defs, config)
+        steps[name] = jax.tree.map(np.subtract, to_numpy((state.policy, state.value_head)), before)
+    flat = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
+    policy_step = flat(steps["no_value_loss"][0])
+    np.testing.assert_allclose(flat(steps["detached"][0]), policy_step, rtol=1e-5, atol=1e-9)
+    assert np.abs(flat(steps["detached"][1])).max() > 0
+    assert np.abs(flat(steps["shared"][0]) - policy_step).max() > 0.1 * np.abs(policy_step).max()
+
+
 def test_nan_reward_is_reported_and_the_update_skipped(checkpoint):
     defs, state = build_state(checkpoint, KL_CONFIG, seed=0)
     policy_before = to_numpy(state.policy)
