@@ -45,6 +45,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from gtr_turbo_jax.train.logger import EVAL_LEVELS_FILE
+
 PROG = "lab"
 MODES = ("ppo", "gtr", "turbo_sft", "turbo_kl")  # gtr_turbo_jax.cli's --mode choices
 REPO = Path(__file__).resolve().parents[1]
@@ -53,9 +55,9 @@ SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.json"
 CHECKPOINTS_DIR = "checkpoints"
 # Per-level evaluation outcomes, one JSON line per evaluation: {"step": 0, "success": [0, 1, ...]}
-# in held-out level order (the trainer's `EVAL_LEVELS_FILE`). Where it exists the per-seed gain
-# gets a paired bootstrap interval; runs of older trainers fall back to a normal approximation.
-EPISODES_FILE = "eval_episodes.jsonl"
+# in held-out level order. Where it exists the per-seed gain gets a paired bootstrap interval;
+# runs of older trainers fall back to a normal approximation.
+EPISODES_FILE = EVAL_LEVELS_FILE
 DEFAULT_GRID = "default"
 INTERRUPTED = 130
 # Flags the lab sets itself for every run: a second value would contradict the run's directory.

@@ -33,9 +33,6 @@ import numpy as np
 SUCCESS_WINDOW = 200  # RL4VLM / GTR: success over the last 200 (completed) episodes
 UNTRACKED = -1  # start update of an episode whose start is unknown (resumed old checkpoint)
 
-# host-dict keys (checkpoint metadata); "successes" / "returns" were the window before too
-HOST_KEYS = ("successes", "returns", "episode_starts", "pending_episodes")
-
 
 @dataclasses.dataclass(frozen=True)
 class LiveWindow:
@@ -92,18 +89,12 @@ class LiveWindow:
         returns = tuple(float(r) for r in host.get("returns", ()))[-size:]
         starts = host.get("episode_starts")
         if starts is None or len(starts) != num_envs:
-            return cls(
-                starts=((UNTRACKED, 0),) * num_envs,
-                successes=successes,
-                returns=returns,
-                size=size,
-            )
+            starts, pending = ((UNTRACKED, 0),) * num_envs, ()
+        else:
+            pending = host.get("pending_episodes", ())
         return cls(
             starts=tuple((int(u), int(t)) for u, t in starts),
-            pending=tuple(
-                (int(u), int(t), int(e), bool(s), float(r))
-                for u, t, e, s, r in host.get("pending_episodes", ())
-            ),
+            pending=tuple((int(u), int(t), int(e), bool(s), float(r)) for u, t, e, s, r in pending),
             successes=successes,
             returns=returns,
             size=size,
@@ -162,4 +153,4 @@ def advance(
     )
 
 
-__all__ = ["HOST_KEYS", "SUCCESS_WINDOW", "UNTRACKED", "LiveWindow", "advance"]
+__all__ = ["SUCCESS_WINDOW", "UNTRACKED", "LiveWindow", "advance"]

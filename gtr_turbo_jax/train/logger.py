@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
+# Per-level held-out outcomes, a JSON line per evaluation of a training run (`Trainer.evaluate`).
+EVAL_LEVELS_FILE = "eval_episodes.jsonl"
 TENSORBOARD_DIR = "tb"
 STEP_KEY = "step"
 

@@ -35,7 +35,7 @@ from gtr_turbo_jax.rollout.metrics import thought_length
 from gtr_turbo_jax.rollout.multiturn import RolloutState, make_rollout
 from gtr_turbo_jax.train import live, sharding, teachers
 from gtr_turbo_jax.train.checkpoint import Checkpointer, CheckpointError
-from gtr_turbo_jax.train.logger import MetricsLogger
+from gtr_turbo_jax.train.logger import EVAL_LEVELS_FILE, MetricsLogger
 from gtr_turbo_jax.train.run_config import ConfigError
 from gtr_turbo_jax.train.setup import RunSetup, build_model, build_setup, model_defs
 from gtr_turbo_jax.train.state import TrainState, init_train_state, split_model
@@ -45,7 +45,6 @@ from gtr_turbo_jax.train.update import update_step
 # start-update cohorts (`train.live`: episodes counted by the update they started in, so the
 # window is not biased towards short episodes as one of the episodes that ended is).
 SUCCESS_WINDOW = live.SUCCESS_WINDOW
-EVAL_LEVELS_FILE = "eval_episodes.jsonl"  # per-level held-out outcomes, a line per evaluation
 LOG_KEYS = ("kl_mean", "kl_max", "loss", "policy_loss", "value_loss", "sft_loss", "clip_fraction",
             "approx_kl", "thought_entropy", "grad_norm", "learning_rate", "teacher_policy_distance",
             "value_mean", "advantage_std", "finite", "merged")  # fmt: skip
@@ -374,13 +373,13 @@ class Trainer:
             )
         return batch
 
-    def _log_line(self, batch: Batch, metrics, episodes, host, update: int) -> dict[str, Any]:
-        """The metrics line of update `update` (0-based: the rollout's update); advances the live
-        window's entries of `host`."""
-        window = live.LiveWindow.from_host(host, self.config.train.num_envs, SUCCESS_WINDOW)
+    def _log_line(
+        self, batch: Batch, metrics, episodes, host, window: live.LiveWindow, update: int
+    ) -> tuple[live.LiveWindow, dict[str, Any]]:
+        """The live window after update `update` (0-based: the rollout's update) and the update's
+        metrics line."""
         window, ended = _episode_stats(episodes, window, update)
-        host.update(window.to_host())
-        return {
+        return window, {
             "env_steps": host["env_steps"],
             "success_rate": window.success_rate,
             "return_mean": window.return_mean,
@@ -394,7 +393,7 @@ class Trainer:
     def _loop(self, state, rollout_state, host, checkpoints):
         setup, train = self.setup, self.config.train
         # An old checkpoint without the per-env episode starts: `LiveWindow.from_host` falls back.
-        host.update(live.LiveWindow.from_host(host, train.num_envs, SUCCESS_WINDOW).to_host())
+        window = live.LiveWindow.from_host(host, train.num_envs, SUCCESS_WINDOW)
         bar = _bar(train.updates, f"{setup.update.mode} {setup.env_name}")
         bar.advance(host["update"])
         clock = time.perf_counter() - host["wall_s"]
@@ -424,7 +423,8 @@ class Trainer:
             host["env_steps"] += train.num_envs * train.turns_per_update
             host["update"] = update + 1
             with timer("logging"):
-                line = self._log_line(batch, metrics, episodes, host, update)
+                window, line = self._log_line(batch, metrics, episodes, host, window, update)
+                host.update(window.to_host())
             last = update + 1 == train.updates
             if (update + 1) % train.eval_every == 0 or last:
                 with timer("eval"):
