@@ -47,7 +47,7 @@ MEANINGS: dict[str, str] = {
     "model.value_widths": "hidden widths of the value head's MLP (the paper: 1024, 512)",
     "model.init_seed": "seed of the random init (model without `path`, LoRA adapters, value head)",
     # prompt
-    "prompt.style": "prompt wording: full (the papers' texts) or brief (short texts for tiny models)",
+    "prompt.style": "prompt wording: full (the papers' texts), brief (short texts for tiny models) or compact (the state only: the tiny Sokoban default)",
     "prompt.history_length": "the agent's last K actions listed in the prompt (0: none)",
     "prompt.positions": "Sokoban only: the prompt lists the player, box and target cells as (row, column), a symbolic hint for tiny models that cannot count grid rows and columns",
     # sampling
@@ -69,6 +69,7 @@ MEANINGS: dict[str, str] = {
     "rl.value_clip_eps": "value-loss clip around the old value (None: unclipped)",
     "rl.value_coef": "weight of the value loss",
     "rl.ratio_guard": "if any ratio in a micro-batch exceeds it, only the clipped term is used (None: off; RL4VLM's code: 10)",
+    "rl.rescore": "recompute the old log-probs, values and entropies with a forward over the batch (False: the rollout's own, as RL4VLM stores them at acting time)",
     "rl.ratio_level": "PPO ratio per reply (sequence: RL4VLM, on the lambda-weighted log-prob) or per token (token: each token clipped on its own, a lambda-weighted token mean)",
     "rl.value_lr_scale": "the value head's Adam steps relative to the policy's (1: the paper's one rate)",
     "rl.value_backbone_grad": "whether the value loss trains the shared backbone too (True: the paper) or the value head alone",

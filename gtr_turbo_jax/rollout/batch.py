@@ -9,6 +9,9 @@ Conventions (those of the model and the sampler):
   `"action":` marker (both inside `response_mask`);
 - `sampler_logp` holds the sampler's `logp_raw`: the log-probs of the sampled tokens under
   `log_softmax(logits / temperature)` of the unprocessed logits (what the trainer recomputes);
+  `sampler_logp_unit` the same at temperature 1 and `sampler_entropy` the entropy of each
+  position's distribution at temperature 1: with them and `value`, the update needs no second
+  forward of the policy over the batch (`UpdateConfig.rescore`);
 - `next_value[t]` is the rollout's value of the observation reached by step t (before any automatic
   reset), for bootstrapping truncated episodes and the rollout's last turn (see `rl.gae`);
 - `teacher_ids` / `teacher_label_mask` (SFT variants): the teacher's reply to the same prompt with
@@ -39,6 +42,8 @@ class Batch:
     valid: jax.Array  # [T, E] bool: the reply parsed as JSON with the required keys
     action: jax.Array  # [T, E] int32: the action the env executed
     sampler_logp: jax.Array  # [T, E, R] float32: the sampler's per-token logp_raw
+    sampler_logp_unit: jax.Array  # [T, E, R] float32: the same at temperature 1
+    sampler_entropy: jax.Array  # [T, E, R] float32: the policy's entropy at temperature 1
     value: jax.Array  # [T, E] float32: the rollout's value of the turn's observation
     reward: jax.Array  # [T, E] float32: the env's reward for the step
     terminated: jax.Array  # [T, E] bool
@@ -79,6 +84,8 @@ class Batch:
             "thought_mask": (turns, envs, response_len),
             "action_mask": (turns, envs, response_len),
             "sampler_logp": (turns, envs, response_len),
+            "sampler_logp_unit": (turns, envs, response_len),
+            "sampler_entropy": (turns, envs, response_len),
             "teacher_ids": (turns, envs, teacher_len),
             "teacher_label_mask": (turns, envs, teacher_len),
             **{
@@ -132,6 +139,8 @@ class Batch:
             valid=jnp.ones(lead, bool),
             action=zeros_i(),
             sampler_logp=zeros_f(response_len),
+            sampler_logp_unit=zeros_f(response_len),
+            sampler_entropy=zeros_f(response_len),
             value=zeros_f(),
             reward=zeros_f(),
             terminated=zeros_b(),

@@ -258,6 +258,8 @@ def turn_row(
         valid=acted.parsed.valid,
         action=acted.parsed.action,
         sampler_logp=acted.reply.logp_raw,
+        sampler_logp_unit=_or_zeros(acted.reply.logp_unit, acted.reply.logp_raw),
+        sampler_entropy=_or_zeros(acted.reply.entropy, acted.reply.logp_raw),
         value=acted.value,
         reward=reward.astype(jnp.float32),
         terminated=terminated,
@@ -266,6 +268,10 @@ def turn_row(
         fields=observation_fields(obs),
         **{name: episode[name] for name in EPISODE_METRICS},
     )
+
+
+def _or_zeros(values: jax.Array | None, like: jax.Array) -> jax.Array:
+    return jnp.zeros_like(like) if values is None else values
 
 
 def stacked_patches(images: jax.Array, image_config: ImageConfig) -> jax.Array:
@@ -305,6 +311,8 @@ def finish_rollout(
         valid=rows["valid"],
         action=rows["action"],
         sampler_logp=rows["sampler_logp"],
+        sampler_logp_unit=rows["sampler_logp_unit"],
+        sampler_entropy=rows["sampler_entropy"],
         value=rows["value"],
         reward=rows["reward"],
         terminated=rows["terminated"],

@@ -93,7 +93,11 @@ class SampleOutput(NamedTuple):
       temperature, top-k and top-p applied; in greedy mode the same processed logits).
     logp_raw: log-prob under `log_softmax(model logits / temperature)` only: the policy's
       log-prob that PPO needs (equals `rl.token_logprobs` of a full forward at that temperature).
-    Both are 0 where mask is False. lengths: int32[B], the number of reply tokens per row.
+    logp_unit: the same at temperature 1 (the agent's side of the thought KL to the teacher).
+    entropy: the entropy (nats) of `softmax(model logits)` at each position (temperature 1).
+    All are 0 where mask is False. lengths: int32[B], the number of reply tokens per row.
+    The update reads `logp_raw`, `logp_unit` and `entropy` instead of re-scoring the replies
+    (`UpdateConfig.rescore`); a scripted reply (`reply_fn`) may leave the last two None (zeros).
     """
 
     tokens: jax.Array
@@ -101,6 +105,8 @@ class SampleOutput(NamedTuple):
     logp: jax.Array
     logp_raw: jax.Array
     lengths: jax.Array
+    logp_unit: jax.Array | None = None
+    entropy: jax.Array | None = None
 
 
 class Prefilled(NamedTuple):
@@ -248,14 +254,20 @@ def _emit(
     live = ~loop.done
     logp = _log_prob(processed, tokens)
     logp_raw = _log_prob(loop.logits / config.temperature, tokens)
+    unit = jax.nn.log_softmax(loop.logits.astype(jnp.float32), axis=-1)
+    logp_unit = _chosen(unit, tokens)
+    entropy = -jnp.sum(jnp.where(jnp.isfinite(unit), jnp.exp(unit) * unit, 0.0), axis=-1)
     tokens = jnp.where(live, tokens, config.pad_id)
     out = loop.out
     column = (slice(None), loop.step)
+    record = lambda buffer, values: buffer.at[column].set(jnp.where(live, values, 0.0))
     out = out._replace(
         tokens=out.tokens.at[column].set(tokens),
         mask=out.mask.at[column].set(live),
-        logp=out.logp.at[column].set(jnp.where(live, logp, 0.0)),
-        logp_raw=out.logp_raw.at[column].set(jnp.where(live, logp_raw, 0.0)),
+        logp=record(out.logp, logp),
+        logp_raw=record(out.logp_raw, logp_raw),
+        logp_unit=record(out.logp_unit, logp_unit),
+        entropy=record(out.entropy, entropy),
     )
     seen = loop.seen if loop.seen is None else lp.mark_seen(loop.seen, tokens, live)
     state = loop.state
@@ -292,6 +304,8 @@ def decode(
         logp=jnp.zeros((batch, width), jnp.float32),
         logp_raw=jnp.zeros((batch, width), jnp.float32),
         lengths=jnp.zeros((batch,), jnp.int32),
+        logp_unit=jnp.zeros((batch, width), jnp.float32),
+        entropy=jnp.zeros((batch, width), jnp.float32),
     )
     loop = _Loop(
         step=jnp.zeros((), jnp.int32),

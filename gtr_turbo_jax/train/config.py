@@ -36,6 +36,9 @@ class UpdateConfig:
     `value_backbone_grad=False` stops the value loss at the head's input: the critic still reads
     the shared backbone's features but no longer moves them (under Adam, a fresh critic's loss,
     ~10x the policy's, otherwise sets the direction of the backbone's first steps).
+    Old log-probs and values are the rollout's (RL4VLM stores them at acting time), which the
+    update's first forward would recompute exactly; `rescore=True` recomputes them (one more
+    forward of the policy per sample; the `sampler_logp_gap` metric then reads the difference).
     `ppo_epochs` passes over the batch; each pass is split into optimizer steps of
     `minibatch_size * grad_accum_steps` samples, whose gradients are averaged over
     `grad_accum_steps` micro-batches of `minibatch_size` (the paper: 128 samples per optimizer step).
@@ -81,6 +84,7 @@ class UpdateConfig:
     value_coef: float = 0.5
     ratio_guard: float | None = None
     ratio_level: str = "sequence"
+    rescore: bool = False
     value_lr_scale: float = 1.0
     value_backbone_grad: bool = True
     ppo_epochs: int = 4

@@ -6,7 +6,7 @@ Sections (every key has a default here; an env file changes what differs for its
 - `model`: `size` (a named config: micro, tiny, qwen2.5-vl-3b, qwen2.5-vl-7b), `path` (a local
   Hugging Face directory; empty: random init of `size`, the tiny CPU default), `dtype`, LoRA
   (`lora_rank` 0: every parameter trains), the value head's hidden `value_widths`;
-- `prompt`: `style` (full / brief), `history_length`, `positions` (Sokoban: list the player, box
+- `prompt`: `style` (full / brief / compact), `history_length`, `positions` (Sokoban: list the player, box
   and target cells in the prompt, the tiny default's symbolic hint);
 - `sampling`: the rollout sampler (the paper: temperature 0.2, top-k 5, repetition penalty 1.2;
   the tiny presets: no penalty, their thoughts copy the prompt's cells);

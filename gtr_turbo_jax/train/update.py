@@ -1,8 +1,9 @@
 """The one compiled update: `update_step(state, batch, defs, config) -> (state, metrics)`.
 
 In order, all inside one `jax.jit` (state donated; `defs` and `config` static):
-1. flatten `[turns, envs]` to samples; re-score every reply with the policy under its own prompt
-   and image (no dropout, no gradient): old per-token log-probs, values, thought entropy;
+1. flatten `[turns, envs]` to samples; the old per-token log-probs, values and thought entropy
+   are the rollout's (its sampler scored the same tokens under the same parameters), or with
+   `config.rescore` a full forward of every reply under its prompt and image (no dropout);
 2. `turbo_kl`: the teacher (same base; its adapters, or its dense kernel deltas) scores the same
    replies; `rl.thought_kl` at temperature 1 on the thought tokens;
 3. turn-level GAE on `[turns, envs]` and shaped advantages `A' = A + format - beta * KL` (KL = 0
@@ -210,21 +211,34 @@ def _update_step(
             dropout_key,
         )
 
-    # 1-2. Old log-probs, values and (turbo_kl) the teacher's log-probs, a micro-batch at a time.
-    # The teacher's weights are built once, outside the loop (dense: base kernels + deltas).
+    # 1-2. Old log-probs, values, thought entropy and (turbo_kl) the teacher's log-probs. The
+    # rollout's sampler recorded the policy's own numbers for the same tokens under the same
+    # parameters; `rescore` recomputes them with a full forward (a check, or for scripted
+    # replies). The teacher's weights are built once, outside the loop (dense: base + deltas).
     teacher = teacher_weights(state, config) if config.mode == "turbo_kl" else None
 
-    def rescore(rows: Batch) -> dict[str, jax.Array]:
-        policy = score(state.policy, state.base, rows, rows.response_ids, rows.response_mask)
-        out = {
-            "token_logp": rl.token_logprobs(policy.logits, rows.response_ids, config.temperature),
-            "value": value_head(state.value_head, policy.prompt_hidden),
-            "entropy": rl.thought_entropy(policy.logits, rows.thought_mask),
-        }
+    def old_scores(rows: Batch) -> dict[str, jax.Array]:
+        if config.rescore:
+            policy = score(state.policy, state.base, rows, rows.response_ids, rows.response_mask)
+            out = {
+                "token_logp": rl.token_logprobs(
+                    policy.logits, rows.response_ids, config.temperature
+                ),
+                "logp_unit": rl.token_logprobs(policy.logits, rows.response_ids),
+                "value": value_head(state.value_head, policy.prompt_hidden),
+                "entropy": rl.thought_entropy(policy.logits, rows.thought_mask),
+            }
+        else:
+            out = {
+                "token_logp": rows.sampler_logp,
+                "logp_unit": rows.sampler_logp_unit,
+                "value": rows.value,
+                "entropy": rl.masked_token_mean(rows.sampler_entropy, rows.thought_mask),
+            }
         if teacher is not None:
             reference = score(*teacher, rows, rows.response_ids, rows.response_mask)
             out["kl"] = rl.thought_kl(
-                rl.token_logprobs(policy.logits, rows.response_ids),
+                out["logp_unit"],
                 rl.token_logprobs(reference.logits, rows.response_ids),
                 rl.kl_scope_mask(rows.thought_mask, rows.action_mask, config.kl_scope),
                 rows.valid,
@@ -234,9 +248,13 @@ def _update_step(
             )
         return out
 
-    chunked = jax.tree.map(lambda x: x.reshape(-1, micro, *x.shape[1:]), samples)
-    old = jax.lax.map(rescore, chunked)
-    old = jax.lax.stop_gradient(jax.tree.map(lambda x: x.reshape(num_samples, *x.shape[2:]), old))
+    if config.rescore or teacher is not None:  # forwards: a micro-batch at a time
+        chunked = jax.tree.map(lambda x: x.reshape(-1, micro, *x.shape[1:]), samples)
+        old = jax.lax.map(old_scores, chunked)
+        old = jax.tree.map(lambda x: x.reshape(num_samples, *x.shape[2:]), old)
+    else:
+        old = old_scores(samples)
+    old = jax.lax.stop_gradient(old)
     old_logp = rl.lambda_logprob(
         old["token_logp"], samples.thought_mask, samples.action_mask, config.thought_lambda
     )
@@ -395,6 +413,7 @@ def _update_step(
         return_mean=jnp.mean(returns),
         reward_mean=jnp.mean(batch.reward.astype(jnp.float32)),
         valid_fraction=jnp.mean(valid.astype(jnp.float32)),
+        # 0 unless `rescore`: how far the full forward's log-probs are from the sampler's.
         sampler_logp_gap=rl.masked_token_mean(
             jnp.abs(old["token_logp"] - samples.sampler_logp), samples.response_mask
         ).mean(),

@@ -173,6 +173,26 @@ def test_logp_raw_equals_full_forward_token_logprobs(sampled, prompts, full_logi
     assert np.isfinite(np.asarray(sampled.logp)).all()
 
 
+def test_logp_unit_and_entropy_equal_the_full_forwards_at_temperature_one(
+    sampled, prompts, full_logits
+):
+    """What the update reads instead of re-scoring: numpy log-softmax of the full forward."""
+    mask = np.asarray(sampled.mask)
+    logits = np.asarray(full_logits(prompts, sampled), np.float64)
+    log_p = logits - logits.max(-1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+    tokens = np.asarray(sampled.tokens)
+    chosen = np.take_along_axis(log_p, tokens[..., None], -1)[..., 0]
+    entropy = -(np.exp(log_p) * log_p).sum(-1)
+    for got, want in ((sampled.logp_unit, chosen), (sampled.entropy, entropy)):
+        got = np.asarray(got)
+        np.testing.assert_allclose(got[mask], want[mask], atol=2e-4)
+        assert np.all(got[~mask] == 0)
+    # At temperature 0.7 the two log-probs differ: the test tells them apart.
+    assert np.abs(np.asarray(sampled.logp_raw) - np.asarray(sampled.logp_unit))[mask].max() > 0.01
+    assert entropy[mask].min() > 0.1
+
+
 def test_output_layout_after_eos(sampled):
     tokens, mask = np.asarray(sampled.tokens), np.asarray(sampled.mask)
     for row_tokens, row_mask, length in zip(tokens, mask, np.asarray(sampled.lengths)):

@@ -55,7 +55,8 @@ def test_assembled_prompt_equals_encode_chat(tokenizer, env_name, style):
         assert (ids[row][~mask[row]] == template.pad_id).all()
         text = tokenizer.decode(expected.tolist())
         for name in env.action_names:
-            if style == "full" or env_name in ("sokoban", "numberline", "blackjack"):
+            named = ("numberline", "blackjack") + (("sokoban",) if style == "brief" else ())
+            if style == "full" or env_name in named:
                 assert name.isdigit() or name in text  # the prompt names every non-number action
     if env_name in ("points24", "ezpoints"):
         assert len(lengths) > 1  # random play changed the formula
@@ -131,12 +132,14 @@ def test_action_history_slot_equals_encode_chat(tokenizer, env_name):
         prompts.make_template(env_name, env, tokenizer, 4, history_length=-1)
 
 
-def test_brief_style_is_shorter_and_unknown_style_is_one_line(tokenizer):
+def test_brief_and_compact_styles_are_shorter_and_unknown_style_is_one_line(tokenizer):
     env, _ = envs.make("sokoban")
     full = prompts.make_template("sokoban", env, tokenizer, 9)
     brief = prompts.make_template("sokoban", env, tokenizer, 9, style="brief")
+    compact = prompts.make_template("sokoban", env, tokenizer, 9, style="compact")
     assert brief.max_length < 0.5 * full.max_length
-    with pytest.raises(ValueError, match="style='short'.*full, brief"):
+    assert compact.max_length < 0.5 * brief.max_length  # the state without rules or format
+    with pytest.raises(ValueError, match="style='short'.*full, brief, compact"):
         prompts.make_template("sokoban", env, tokenizer, 9, style="short")
 
 
@@ -161,7 +164,8 @@ def test_positions_list_the_cells_of_the_grid(tokenizer, style, size, num_boxes)
             cells = [(r, c) for r in range(size[0]) for c in range(size[1]) if grid[r, c] in codes]
             assert len(cells) == num_boxes
             listed += [f" {kind} ({r}, {c})" for r, c in cells]
-        cells_text = prompts.POSITIONS_TEXT.format(
+        wording = prompts.COMPACT_POSITIONS_TEXT if style == "compact" else prompts.POSITIONS_TEXT
+        cells_text = wording.format(
             player=listed[0],
             box="".join(listed[1 : 1 + num_boxes]),
             target="".join(listed[1 + num_boxes :]),

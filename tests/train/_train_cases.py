@@ -22,9 +22,12 @@ GRID = (1, 4, 4)  # 16 patches -> 4 merged image tokens
 TURNS, ENVS, PROMPT_LEN, REPLY_LEN = 2, 2, 12, 6
 THOUGHT_LEN = 3  # reply tokens [0, 3) are thoughts, [3, 5) the action span, 5 the EOS
 
-# Shared by the test files: one config, one compilation of the step per process.
+# Shared by the test files: one config, one compilation of the step per process. The hand-made
+# batches carry no sampler numbers, so the update re-scores them (`rescore`); the default path,
+# which reads the rollout's, is checked against it in test_update_step.py.
 KL_CONFIG = UpdateConfig(
     mode="turbo_kl",
+    rescore=True,
     ppo_epochs=2,
     minibatch_size=2,
     grad_accum_steps=1,

@@ -22,9 +22,11 @@ from _train_cases import (
     make_scorer,
     reply_logp,
 )
+from flax import nnx
 
 from gtr_turbo_jax.models.testing import write_random_checkpoint
 from gtr_turbo_jax.train.config import UpdateConfig, learning_rate_at
+from gtr_turbo_jax.train.scoring import score_replies
 from gtr_turbo_jax.train.update import update_step
 
 SAMPLES = TURNS * ENVS
@@ -151,6 +153,57 @@ def test_kl_pulls_thoughts_toward_the_teacher_and_ignores_the_action(checkpoint,
     thought_after, _ = _clipped_k1_means(scorer, defs, state, teacher, batch)
     assert thought_after.mean() < 0.96 * thought_before.mean()
     assert np.all(thought_after[1::2] < thought_before[1::2])
+
+
+def _with_sampler_numbers(batch, defs, state, temperature: float):
+    """The batch as the rollout hands it over: the policy's own per-token log-probs (at the PPO
+    temperature and at 1), entropies and values, computed here with numpy from a full forward."""
+    rows = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
+    scores = score_replies(
+        defs.model, state.base, state.policy, rows.prompt_ids, rows.prompt_mask,
+        rows.image_patches, rows.response_ids, rows.response_mask, batch.image_grid_thw,
+    )  # fmt: skip
+    value = nnx.merge(defs.value_head, state.value_head)(scores.prompt_hidden)
+    logits = np.asarray(scores.logits, np.float64)
+    numbers = {}
+    for name, scale in (("sampler_logp", temperature), ("sampler_logp_unit", 1.0)):
+        numbers[name] = reply_logp(logits / scale, batch)
+    log_p = logits - logits.max(-1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+    numbers["sampler_entropy"] = -(np.exp(log_p) * log_p).sum(-1)
+    shaped = {k: jnp.asarray(v.reshape(TURNS, ENVS, -1), jnp.float32) for k, v in numbers.items()}
+    return batch.replace(**shaped, value=jnp.asarray(value).reshape(TURNS, ENVS))
+
+
+def test_the_rollouts_numbers_replace_the_rescoring_forward(checkpoint):
+    """The default (`rescore=False`) reads the sampler's log-probs, entropies and values: given
+    the policy's own, the update is the re-scoring one's (to float rounding), KL to a teacher
+    that differs included; given other numbers (zeros) it is another update."""
+    config = KL_CONFIG.replace(temperature=0.7)
+    defs, state = build_state(checkpoint, config, seed=3)
+    teacher = _random_teacher(state, seed=5)
+    batch = _with_sampler_numbers(make_batch(2), defs, state, config.temperature)
+    results = {}
+    for name, rescore, rows in (
+        ("rescored", True, batch),
+        ("sampler", False, batch),
+        ("zeros", False, make_batch(2)),
+    ):
+        defs, state = build_state(checkpoint, config, seed=3)
+        state = state.replace(teacher=jax.tree.map(jnp.array, teacher))
+        state, metrics = update_step(state, rows, defs, config.replace(rescore=rescore))
+        params = np.concatenate([np.ravel(x) for x in jax.tree.leaves(to_numpy(state.policy))])
+        results[name] = (params, {k: float(v) for k, v in metrics.items()})
+    (rescored, rescored_metrics), (sampler, sampler_metrics) = (
+        results["rescored"],
+        results["sampler"],
+    )
+    assert rescored_metrics["kl_mean"] > 0.1 and rescored_metrics["sampler_logp_gap"] < 1e-4
+    np.testing.assert_allclose(sampler, rescored, rtol=1e-4, atol=1e-6)
+    for key, value in rescored_metrics.items():
+        if key != "sampler_logp_gap":
+            np.testing.assert_allclose(sampler_metrics[key], value, rtol=1e-3, atol=1e-5)
+    assert np.abs(results["zeros"][0] - rescored).max() > 100 * np.abs(sampler - rescored).max()
 
 
 @pytest.mark.parametrize("ratio_level", ["sequence", "token"])
