@@ -44,6 +44,20 @@ def test_config_builds_its_env_and_update(path):
     validate(smoke(config))
 
 
+@pytest.mark.parametrize("env", ENVS)
+@pytest.mark.parametrize("size", ["tiny", "qwen2.5-vl-3b", "qwen2.5-vl-7b"])
+def test_the_learning_rate_decays_over_the_whole_run(env, size):
+    """No preset trains most of its run at the final rate (the paper decays over all of it);
+    an explicit `rl.lr_decay_updates` still wins."""
+    path = ["--config.model.path=/models/qwen"] if size != "tiny" else []
+    config = load_config(f"{env}:{size}", path)
+    assert update_config(config).lr_decay_updates == config.train.updates
+    longer = load_config(f"{env}:{size}", [*path, "--config.train.updates=7"])
+    assert update_config(longer).lr_decay_updates == 7
+    fixed = load_config(f"{env}:{size}", [*path, "--config.rl.lr_decay_updates=25"])
+    assert update_config(fixed).lr_decay_updates == 25
+
+
 @pytest.mark.parametrize("size", [s for s in MODEL_PRESETS if s.startswith("qwen")])
 def test_real_model_sizes_need_a_local_directory(size):
     with pytest.raises(ConfigError, match="needs a local Hugging Face directory"):

@@ -202,6 +202,70 @@ def merge_deltas(
     )
 
 
+# --- SMA over every snapshot of the run, in bounded memory ----------------------------------------
+# With equal weights TIES needs, per entry, only four running sums over the snapshots: the sum of
+# the trimmed entries that are positive, of those that are negative, and how many of each. The
+# elected sign is that of their total, the disjoint mean the matching sum over its count. So the
+# paper's SMA over every snapshot so far costs four copies of the trainable parameters (a leading
+# axis of `RUNNING_ROWS`), whatever the run's length; `linear` keeps the same sums untrimmed.
+RUNNING_ROWS = 4  # positive sum, negative sum, positive count, negative count
+
+
+def running_sums_init(like: PyTree) -> PyTree:
+    """Zero running sums `[RUNNING_ROWS, ...]` for deltas shaped like `like`, in float32."""
+    return jax.tree.map(lambda x: jnp.zeros((RUNNING_ROWS, *x.shape), jnp.float32), like)
+
+
+@partial(jax.jit, static_argnames=("density",))
+def _running_push_leaf(sums: jax.Array, delta: jax.Array, density: float | None) -> jax.Array:
+    flat = delta.reshape(1, -1).astype(jnp.float32)
+    if density is not None:  # TIES step 1, as `ties_merge` trims each snapshot
+        magnitude = jnp.abs(flat)
+        kth = kth_largest_magnitude(magnitude, _trim_count(density, flat.shape[1], False))
+        flat = jnp.where(magnitude >= kth[:, None], flat, 0.0)
+    flat = flat.reshape(delta.shape)
+    rows = (
+        jnp.maximum(flat, 0.0),
+        jnp.minimum(flat, 0.0),
+        (flat > 0).astype(jnp.float32),
+        (flat < 0).astype(jnp.float32),
+    )
+    return sums + jnp.stack(rows)
+
+
+def running_sums_push(sums: PyTree, delta: PyTree, density: float | None) -> PyTree:
+    """Adds one snapshot's task vector to the running sums, trimmed to its top `density` entries
+    by magnitude (TIES) or untrimmed (`None`: the linear merge)."""
+    if density is not None:
+        check_range("density", density, 0.0, 1.0, low_open=True)
+    density = None if density is None else float(density)
+    return jax.tree.map(lambda acc, x: _running_push_leaf(acc, x, density), sums, delta)
+
+
+def running_sums_merge(
+    sums: PyTree, num_snapshots: jax.Array, method: str = "ties", scale: float = 1.0
+) -> PyTree:
+    """The merge with SMA weights over the `num_snapshots` pushed snapshots, in float32 (0 before
+    the first).
+
+    `ties`: `ties_merge` of the pushed stack exactly: the elected sign is that of `positive +
+    negative` (0 counts as +), the result the elected side's sum over its count (0 where no
+    snapshot has an entry of that sign). `linear`: `(positive + negative) / num_snapshots`."""
+    check_choice("method", method, MERGE_METHODS)
+    check_range("scale", scale, 0.0, float("inf"))
+
+    def merge_leaf(leaf: jax.Array) -> jax.Array:
+        positive, negative, positives, negatives = leaf
+        if method == "linear":
+            count = jnp.maximum(jnp.asarray(num_snapshots, jnp.float32), 1.0)
+            return scale * (positive + negative) / count
+        plus = positive + negative >= 0
+        total, count = jnp.where(plus, positive, negative), jnp.where(plus, positives, negatives)
+        return scale * jnp.where(count > 0, total / jnp.where(count > 0, count, 1.0), 0.0)
+
+    return jax.tree.map(merge_leaf, sums)
+
+
 def lora_product(lora_a: PyTree, lora_b: PyTree, scaling: float) -> PyTree:
     """Dense LoRA deltas `a @ b * scaling` leaf by leaf (`[..., in, r] x [..., r, out]`, leading axes
     such as the snapshot axis broadcast)."""

@@ -17,6 +17,7 @@ import optax
 MODES = ("ppo", "gtr", "turbo_sft", "turbo_kl")
 MERGE_METHODS = ("ties", "linear", "ema")
 MERGE_SPACES = ("factored", "dense")
+MERGE_WINDOWS = ("all", "ring")
 FORMAT_REWARD_PLACEMENTS = ("after_gae", "in_gae", "ignore")
 KL_ESTIMATORS = ("k1_clipped", "k1", "abs", "k3")
 KL_SCOPES = ("thought", "thought_action")
@@ -65,8 +66,10 @@ class UpdateConfig:
     the other modes (see `format_reward_mode`).
 
     Merge (turbo modes): every `merge_interval` updates the teacher becomes `theta_0 + merge(tau)`
-    over the snapshot ring buffer (`ties` or `linear`, both with SMA weights over the filled slots),
-    or `alpha * policy + (1 - alpha) * teacher` (`ema`). Snapshots are taken after every epoch.
+    (`ties` or `linear`, with SMA weights) or `alpha * policy + (1 - alpha) * teacher` (`ema`).
+    Snapshots are taken after every epoch. `merge_window`: `all` (the paper's SMA over every
+    snapshot so far, kept as running sums: `rl.running_sums_push`) or `ring` (the last
+    `snapshot_capacity` snapshots; a teacher that lags the policy by a few updates only).
     `merge_space`: `factored` merges the LoRA `a` and `b` leaves separately (the authors' PEFT
     code; the teacher is an adapter set like the policy's, so it costs one more LoRA's bytes);
     `dense` merges the per-kernel products `a @ b * scaling` (the paper's semantics): the teacher
@@ -112,6 +115,7 @@ class UpdateConfig:
     merge_scale: float = 1.0
     ema_alpha: float = 0.5
     merge_interval: int = 1
+    merge_window: str = "all"
     snapshot_capacity: int = 16
     dagger_capacity: int = 1024
 
@@ -119,6 +123,7 @@ class UpdateConfig:
         _choice("mode", self.mode, MODES)
         _choice("merge_method", self.merge_method, MERGE_METHODS)
         _choice("merge_space", self.merge_space, MERGE_SPACES)
+        _choice("merge_window", self.merge_window, MERGE_WINDOWS)
         if self.format_reward_placement is not None:
             _choice(
                 "format_reward_placement", self.format_reward_placement, FORMAT_REWARD_PLACEMENTS

@@ -129,13 +129,14 @@ def _update_defaults(small: bool, sampling_temperature: float) -> dict[str, Any]
     PPO's log-probs are taken at the rollout's sampling temperature (the behaviour policy)."""
     defaults = {f.name: f.default for f in dataclasses.fields(UpdateConfig)}
     defaults["temperature"] = sampling_temperature
+    # The cosine spans the run (`update_config`): the paper decays over all of its 25 updates.
+    defaults["lr_decay_updates"] = 0
     if small:
         # The paper's 1e-5: at 1e-4 the tiny policy moved ~1 nat of KL per update (PPO clipped
         # ~40% of replies) and lost its warm start's success within 15 updates.
         defaults.update(
             learning_rate=1e-5,
             final_learning_rate=1e-6,
-            lr_decay_updates=30,
             minibatch_size=16,
             grad_accum_steps=2,
             ppo_epochs=2,
@@ -153,7 +154,7 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         num_envs=4, turns_per_update=4, updates=3, eval_every=2, eval_episodes=4,
         checkpoint_every=1, record_episodes=1,
     )  # fmt: skip
-    config.rl.update(minibatch_size=4, grad_accum_steps=2, ppo_epochs=1, lr_decay_updates=3)
+    config.rl.update(minibatch_size=4, grad_accum_steps=2, ppo_epochs=1)
     config.rl.update(dagger_capacity=32, snapshot_capacity=4)
     config.warm_start.update(steps=10, batch_size=4, demos=64)
     return config
@@ -331,8 +332,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def update_config(config: ml_collections.ConfigDict) -> UpdateConfig:
-    """The `rl` section as the update step's static `UpdateConfig`."""
-    return UpdateConfig(**config.rl.to_dict())
+    """The `rl` section as the update step's static `UpdateConfig`; `rl.lr_decay_updates=0` (the
+    default) decays the learning rate over the whole run, `train.updates`."""
+    rl = config.rl.to_dict()
+    if rl["lr_decay_updates"] == 0:
+        rl["lr_decay_updates"] = max(int(config.train.updates), 1)
+    return UpdateConfig(**rl)
 
 
 def env_overrides(config: ml_collections.ConfigDict) -> tuple[str, dict[str, Any]]:

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
+from gtr_turbo_jax import rl
 from gtr_turbo_jax.models import Qwen25VL, ValueHead
 from gtr_turbo_jax.models.defs import ModelDefs
 from gtr_turbo_jax.rollout.batch import Batch
@@ -80,8 +81,10 @@ class TrainState:
     teacher: nnx.State  # turbo modes: adapters like `policy` (factored) or kernel deltas (dense)
     initial: nnx.State  # TIES / linear merges: theta_0, the policy's starting adapters
     opt_state: optax.OptState  # over (policy, value_head)
-    snapshots: nnx.State  # ring buffer of task vectors theta_i - theta_0, leaves [S, ...]
-    snapshot_valid: jax.Array  # [S] bool
+    # Task vectors theta_i - theta_0, leaves [S, ...]: the ring of the last S snapshots
+    # (`merge_window="ring"`), or their running sums (`"all"`: `rl.running_sums_push`, S = 4).
+    snapshots: nnx.State
+    snapshot_valid: jax.Array  # [S] bool (the ring's filled slots; all False for running sums)
     snapshot_count: jax.Array  # () int32: snapshots pushed so far
     dagger: DaggerBuffer
     key: jax.Array  # PRNG key for permutations, LoRA dropout and SFT pairing
@@ -176,11 +179,23 @@ def init_train_state(
     copy = lambda tree: jax.tree.map(jnp.array, tree)  # distinct buffers: the state is donated
     empty = nnx.State({})
     capacity = config.snapshot_capacity if config.uses_snapshots else 0
+    running = config.uses_snapshots and config.merge_window == "all"
     lora_scale = (
         float(model.lora.scale)
         if model.lora is not None and nnx.state(model, nnx.LoRAParam)
         else 0.0
     )
+    if running and config.merge_space == "dense" and lora_scale > 0.0:
+        raise ValueError(
+            "merge_window='all' with merge_space='dense' would keep 4 float32 copies of every "
+            "adapted kernel: use merge_window='ring' (or merge_space='factored')"
+        )
+    if running:
+        snapshots = rl.running_sums_init(trainable)
+    elif capacity:
+        snapshots = jax.tree.map(lambda x: jnp.zeros((capacity, *x.shape), x.dtype), trainable)
+    else:
+        snapshots = empty
     state = TrainState(
         base=base,
         policy=copy(trainable),
@@ -188,12 +203,8 @@ def init_train_state(
         teacher=empty,
         initial=copy(trainable) if capacity else empty,
         opt_state=make_optimizer(config).init((trainable, value_params)),
-        snapshots=(
-            jax.tree.map(lambda x: jnp.zeros((capacity, *x.shape), x.dtype), trainable)
-            if capacity
-            else empty
-        ),
-        snapshot_valid=jnp.zeros((capacity,), bool),
+        snapshots=snapshots,
+        snapshot_valid=jnp.zeros((0 if running else capacity,), bool),
         snapshot_count=jnp.zeros((), jnp.int32),
         dagger=DaggerBuffer.empty(
             config.dagger_capacity if config.uses_sft else 0,

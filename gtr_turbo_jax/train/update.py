@@ -101,8 +101,8 @@ def _push_dagger(dagger: DaggerBuffer, samples: Batch) -> DaggerBuffer:
 def merge_teacher(state: TrainState, policy: nnx.State, config: UpdateConfig) -> nnx.State:
     """The re-merged teacher, in the structure of `state.teacher`.
 
-    EMA: `alpha * policy + (1 - alpha) * teacher`. TIES / linear: `theta_0 + merge(tau_i)` over the
-    snapshot ring with SMA weights; factored, on the LoRA `a` / `b` task vectors leaf by leaf;
+    EMA: `alpha * policy + (1 - alpha) * teacher`. TIES / linear: `theta_0 + merge(tau_i)` with SMA
+    weights, over every snapshot so far (`merge_window="all"`, from the running sums) or the ring; factored, on the LoRA `a` / `b` task vectors leaf by leaf;
     dense, on the per-kernel products (`rl.merge.lora_task_products`, an `[S, in, out]` stack per
     kernel while it merges), stored as `[out, in]` kernel deltas.
     """
@@ -110,6 +110,13 @@ def merge_teacher(state: TrainState, policy: nnx.State, config: UpdateConfig) ->
     if config.merge_method == "ema":
         target = kernel_deltas(policy, state.base, state.lora_scale) if dense else policy
         return rl.ema_merge(state.teacher, target, config.ema_alpha)
+    if config.merge_window == "all":  # factored or full weights (`init_train_state` checks)
+        merged = rl.running_sums_merge(
+            state.snapshots, state.snapshot_count, config.merge_method, config.merge_scale
+        )
+        return jax.tree.map(
+            lambda theta0, tau: theta0 + tau.astype(theta0.dtype), state.initial, merged
+        )
     weights = rl.sma_weights(state.snapshot_valid)
     merge = lambda deltas: rl.merge_deltas(
         deltas, weights, config.merge_method, config.merge_density, config.merge_scale
@@ -362,9 +369,13 @@ def _update_step(
         )
         if config.uses_snapshots:
             task_vector = jax.tree.map(jnp.subtract, trainable[0], state.initial)
-            snapshots, snapshot_valid = rl.push_snapshot(
-                snapshots, snapshot_valid, snapshot_count, task_vector
-            )
+            if config.merge_window == "all":
+                density = config.merge_density if config.merge_method == "ties" else None
+                snapshots = rl.running_sums_push(snapshots, task_vector, density)
+            else:
+                snapshots, snapshot_valid = rl.push_snapshot(
+                    snapshots, snapshot_valid, snapshot_count, task_vector
+                )
             snapshot_count = snapshot_count + 1
         return (trainable, opt_state, snapshots, snapshot_valid, snapshot_count), metrics
 

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gtr_turbo_jax import rl
 from gtr_turbo_jax.rl import (
     ema_merge,
     linear_merge,
@@ -61,6 +62,34 @@ def test_ties_matches_reference(seed, density):
     for name, stack in deltas.items():
         expected = ties_reference(stack, weights, density, 1.3)
         np.testing.assert_allclose(merged[name], expected, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize(("seed", "density", "count"), [(0, 0.8, 1), (1, 0.5, 6), (2, 1.0, 3)])
+def test_running_sums_merge_is_ties_and_linear_over_every_snapshot(seed, density, count):
+    """The SMA over the whole run from four running sums equals the numpy TIES transcription
+    (and the plain mean, `linear`) over the stack of every snapshot pushed so far."""
+    deltas = random_deltas(seed, num_snapshots=count)
+    deltas["scalar"][0] = 0.0  # a zero entry counts on neither side
+    one = jax.tree.map(lambda x: x[0], deltas)
+    sums = {"ties": rl.running_sums_init(one), "linear": rl.running_sums_init(one)}
+    push = jax.jit(rl.running_sums_push, static_argnames="density")
+    for i in range(count):
+        snapshot = jax.tree.map(lambda x, i=i: x[i], deltas)
+        sums = {
+            "ties": push(sums["ties"], snapshot, density),
+            "linear": push(sums["linear"], snapshot, None),
+        }
+    ties = rl.running_sums_merge(sums["ties"], jnp.int32(count), "ties", scale=1.3)
+    linear = rl.running_sums_merge(sums["linear"], jnp.int32(count), "linear")
+    weights = np.full(count, 1.0 / count)
+    for name, stack in deltas.items():
+        expected = ties_reference(stack, weights, density, 1.3)
+        np.testing.assert_allclose(ties[name], expected, rtol=1e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(linear[name], stack.mean(0), rtol=1e-5, atol=1e-6)
+    assert all(leaf.shape[0] == rl.RUNNING_ROWS for leaf in jax.tree.leaves(sums["ties"]))
+    empty = rl.running_sums_merge(rl.running_sums_init(one), jnp.int32(0), "ties")
+    for leaf in jax.tree.leaves(empty):  # before the first snapshot the teacher is the start
+        np.testing.assert_array_equal(leaf, np.zeros_like(leaf))
 
 
 def test_ties_hand_worked_example():

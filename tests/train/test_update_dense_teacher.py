@@ -36,7 +36,7 @@ from gtr_turbo_jax.rollout.batch import Batch
 from gtr_turbo_jax.train.state import init_train_state, kernel_deltas, lora_pairs, teacher_weights
 from gtr_turbo_jax.train.update import merge_teacher, update_step
 
-DENSE_CONFIG = KL_CONFIG.replace(merge_space="dense", merge_density=0.5)
+DENSE_CONFIG = KL_CONFIG.replace(merge_space="dense", merge_density=0.5, merge_window="ring")
 # The merge tests adapt two kernels (the decoder's q_proj, the vision tower's qkv): few leaves to
 # compile; the step and forward tests adapt every linear layer (`LORA`).
 TWO_KERNELS = dataclasses.replace(LORA, targets=("q_proj", "qkv"))
@@ -200,12 +200,23 @@ def test_modes_without_a_teacher_hold_no_teacher_parts(checkpoint):
         ("turbo_kl", "dense", "ties"): (14, policy_leaves, policy_leaves),
     }
     for (mode, space, method), counts in expected.items():
-        config = KL_CONFIG.replace(mode=mode, merge_space=space, merge_method=method)
+        window = "ring" if space == "dense" else "all"
+        config = KL_CONFIG.replace(
+            mode=mode, merge_space=space, merge_method=method, merge_window=window
+        )
         _, state = build_state(checkpoint, config)
         assert tuple(_parts(state).values()) == counts, (mode, space, method)
         if not config.uses_teacher:
             with pytest.raises(ValueError, match=f"mode='{mode}' has no teacher"):
                 teacher_weights(state, config)
+
+
+def test_the_whole_run_sma_keeps_four_sums_and_refuses_dense_deltas(checkpoint):
+    _, state = build_state(checkpoint, KL_CONFIG)  # merge_window="all", factored
+    for sums, adapter in zip(jax.tree.leaves(state.snapshots), jax.tree.leaves(state.policy)):
+        assert sums.shape == (4, *adapter.shape) and sums.dtype == jnp.float32
+    with pytest.raises(ValueError, match="merge_window='all' with merge_space='dense'"):
+        build_state(checkpoint, KL_CONFIG.replace(merge_space="dense"))
 
 
 def test_dagger_buffer_stores_images_in_the_compute_dtype(checkpoint):
