@@ -289,8 +289,11 @@ def _update_step(
     def loss_fn(trainable, index, key):
         policy, value_params = trainable
         rows = jax.tree.map(lambda x: x[index], samples)
-        dropout_key, sft_key, sft_dropout_key = jax.random.split(key, 3)
-        scores = score(policy, state.base, rows, rows.response_ids, rows.response_mask, dropout_key)
+        # No dropout in the PPO forward: the old log-probs (the sampler's, or the re-scoring's)
+        # were taken without it, so the ratio is exactly 1 before the first step. LoRA dropout
+        # stays in the SFT term.
+        _, sft_key, sft_dropout_key = jax.random.split(key, 3)
+        scores = score(policy, state.base, rows, rows.response_ids, rows.response_mask)
         token_logp = rl.token_logprobs(scores.logits, rows.response_ids, config.temperature)
         value_terms = (
             value_head(value_params, critic_input(scores.prompt_hidden)),

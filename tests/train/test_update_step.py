@@ -24,6 +24,7 @@ from _train_cases import (
 )
 from flax import nnx
 
+from gtr_turbo_jax.models import LoRAConfig
 from gtr_turbo_jax.models.testing import write_random_checkpoint
 from gtr_turbo_jax.train.config import UpdateConfig, learning_rate_at
 from gtr_turbo_jax.train.scoring import score_replies
@@ -226,6 +227,21 @@ def test_ppo_raises_the_log_prob_of_rewarded_replies(checkpoint, scorer, ratio_l
     rewarded, punished = 2 * ENVS - 2, 2 * ENVS - 1  # samples (turn 1, env 0) and (turn 1, env 1)
     assert after[rewarded] > before[rewarded] + 0.05
     assert after[punished] < before[punished] - 0.05
+
+
+def test_the_first_ratio_is_exactly_one_under_lora_dropout(checkpoint):
+    """Old log-probs are taken without dropout, so the PPO forward runs without it too: before
+    the first optimizer step every ratio is 1 (to float rounding: no clipping, approx_kl ~0),
+    dropout or not (with dropout in the PPO forward, 0.5 read approx_kl ~1.2)."""
+    config = PPO_CONFIG.replace(ppo_epochs=1, minibatch_size=SAMPLES, grad_accum_steps=1)
+    for dropout in (0.0, 0.5):
+        lora = LoRAConfig(rank=4, alpha=8.0, dropout=dropout)
+        defs, state = build_state(checkpoint, config, seed=4, lora=lora)
+        # Trained-looking adapters: with b = 0 (the initialisation) dropout changes nothing.
+        state = state.replace(policy=_random_teacher(state.replace(teacher=state.policy), 6))
+        _, metrics = update_step(state, make_batch(1), defs, config)
+        assert metrics["finite"] == 1.0
+        assert float(metrics["approx_kl"]) < 1e-9 and float(metrics["clip_fraction"]) == 0.0
 
 
 def test_value_lr_scale_sets_the_critics_step_alone(checkpoint):

@@ -1,0 +1,98 @@
+"""How far the free teacher is from the policy: thought KL of a turbo run's checkpoint.
+
+    python experiments/teacher_kl.py RUN_DIR [--batches 4] [--step N]
+
+Restores the run's training state (its newest checkpoint, or `--step`), plays `--batches` rollout
+batches with its policy and sampler, and scores the replies under (a) the merged teacher the run
+trains against and (b) the starting model theta_0 (the paper's static-teacher ablation, the
+teacher furthest behind). For each: the mean thought KL the update puts in the advantage
+(`rl.thought_kl` with the run's estimator, valid replies), the KL summed over a reply's thought
+tokens, and the share of thought tokens whose k1 exceeds 0.1 nats. With the policy's thought
+entropy per token this says whether a small mean KL is a teacher that agrees everywhere or one that
+disagrees on a few tokens (the decisions) among many copied ones. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import jax
+import numpy as np
+
+from gtr_turbo_jax import rl
+from gtr_turbo_jax.cli import run_config
+from gtr_turbo_jax.train.scoring import score_replies
+from gtr_turbo_jax.train.trainer import Trainer
+
+
+def kl_stats(agent, reference, thought_mask, valid, estimator="k1_clipped", clip=10.0):
+    """Per valid reply: the update's thought KL (`rl.thought_kl`), the clipped k1 summed over the
+    reply's thought tokens, and per thought token whether k1 exceeds 0.1 nats (numpy arrays)."""
+    kl = rl.thought_kl(agent, reference, thought_mask, valid, estimator, clip, 0.0)
+    k1 = np.asarray(agent, np.float64) - np.asarray(reference, np.float64)
+    mask, valid = np.asarray(thought_mask, bool), np.asarray(valid, bool)
+    per_reply = np.where(mask, np.clip(k1, 0.0, clip), 0.0).sum(-1)
+    return {
+        "kl": np.asarray(kl)[valid],
+        "reply_kl": per_reply[valid],
+        "over": (k1[mask & valid[:, None]] > 0.1).astype(np.float64),
+    }
+
+
+def thought_kl_stats(trainer: Trainer, state, num_batches: int) -> dict[str, float]:
+    update, config = trainer.setup.update, trainer.config
+    graphdef = trainer.defs.model
+
+    @jax.jit
+    def scored(batch, adapters):
+        rows = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
+        logits = score_replies(
+            graphdef, state.base, adapters, rows.prompt_ids, rows.prompt_mask,
+            rows.image_patches, rows.response_ids, rows.response_mask, batch.image_grid_thw,
+        ).logits  # fmt: skip
+        return rl.token_logprobs(logits, rows.response_ids)
+
+    teachers = {"teacher": state.teacher, "initial": state.initial}
+    parts: dict[str, list[np.ndarray]] = {}
+    rollout_state = trainer.rollout.init(trainer.keys["rollout"], config.train.num_envs)
+    for _ in range(num_batches):
+        rollout_state, batch, _ = trainer.rollout.run(
+            rollout_state, state.base, state.policy, state.value_head,
+            config.train.turns_per_update,
+        )  # fmt: skip
+        rows = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
+        mask = np.asarray(rows.thought_mask, bool)
+        parts.setdefault("entropy", []).append(np.asarray(rows.sampler_entropy)[mask])
+        for name, adapters in teachers.items():
+            stats = kl_stats(
+                rows.sampler_logp_unit, scored(batch, adapters), rows.thought_mask, rows.valid,
+                update.kl_estimator, update.kl_clip,
+            )  # fmt: skip
+            for key, values in stats.items():
+                parts.setdefault(f"{name}_{key}", []).append(values)
+    means = {name: float(np.mean(np.concatenate(p))) for name, p in parts.items()}
+    return {
+        "thought_entropy_per_token": means.pop("entropy"),
+        **{f"{k}_mean": v for k, v in means.items()},
+        "thought_tokens": int(sum(len(p) for p in parts["teacher_over"])),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("--batches", type=int, default=4)
+    parser.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
+    args = parser.parse_args(argv)
+    config = run_config(args.run_dir)
+    if config.rl.mode not in ("turbo_kl", "turbo_sft") or config.rl.merge_method == "ema":
+        parser.error("the run must be a turbo run with a TIES / linear merge (it keeps theta_0)")
+    trainer = Trainer(config, args.run_dir, echo=lambda line: None)
+    state, host = trainer.restore(args.step)
+    result = {"update": host["update"], **thought_kl_stats(trainer, state, args.batches)}
+    print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in result.items()}))
+
+
+if __name__ == "__main__":
+    main()
