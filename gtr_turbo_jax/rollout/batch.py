@@ -8,7 +8,7 @@ Conventions (those of the model and the sampler):
 - response tokens are right-padded; `thought_mask` / `action_mask` split the reply at the
   `"action":` marker (both inside `response_mask`);
 - `sampler_logp` holds the sampler's `logp_raw`: the log-probs of the sampled tokens under
-  `log_softmax(logits / temperature)` of the unprocessed logits (what the trainer recomputes);
+  `log_softmax(logits / temperature)` of the unprocessed logits (what `rl.rescore` recomputes);
   `sampler_logp_unit` the same at temperature 1 and `sampler_entropy` the entropy of each
   position's distribution at temperature 1: with them and `value`, the update needs no second
   forward of the policy over the batch (`UpdateConfig.rescore`);

@@ -17,8 +17,8 @@ temperature -> top-k -> top-p; then a categorical draw (or argmax in greedy mode
 
 Two log-probs come back for every sampled token (see `SampleOutput`): `logp` under the processed
 distribution actually sampled from, and `logp_raw` under `log_softmax(logits / temperature)` of the
-model's own logits. PPO's old log-probs must be `logp_raw`: it is what the trainer recomputes with
-`rl.token_logprobs(forward logits, tokens, temperature)`; `logp` depends on the penalty, the
+model's own logits. PPO's old log-probs must be `logp_raw`: it equals what a full forward gives,
+`rl.token_logprobs(forward logits, tokens, temperature)`, and the update reads it as is; `logp` depends on the penalty, the
 truncation and the constraint, which the update step does not apply.
 """
 

@@ -157,10 +157,11 @@ def advantages_and_returns(
 ) -> tuple[jax.Array, jax.Array]:
     """Shaped advantages `A'` and value targets `A' + V`, both `[turns * envs]` (not normalised).
 
-    `values [turns, envs]`: the re-scored values of each turn's observation; inside an episode the
-    next turn's value is the bootstrap, at the rollout's end `batch.next_value`. `kl [turns *
-    envs]`: the thought KL (zeros outside `turbo_kl`). The format reward, by
-    `config.format_reward_mode`: `after_gae`: `A' = GAE(r) + format - beta * KL` (GTR's code);
+    `values [turns, envs]`: the values of each turn's observation (the rollout's, or re-scored);
+    inside an episode the next turn's value is the bootstrap, at the rollout's end
+    `batch.next_value`. `kl [turns * envs]`: the thought KL (zeros outside `turbo_kl`).
+    The format reward, by `config.format_reward_mode`:
+    `after_gae`: `A' = GAE(r) + format - beta * KL` (GTR's code);
     `in_gae`: `A' = GAE(r + format) - beta * KL`; `ignore`: `A' = GAE(r) - beta * KL` (RL4VLM).
     """
     continues = ~(batch.terminated.astype(bool) | batch.truncated.astype(bool))
