@@ -19,10 +19,9 @@ def get_config(model: str = "tiny"):
     # A tiny model cannot count rows and columns of the grid in minutes: list the cells it needs.
     config.prompt.positions = tiny
     if tiny:
-        # The state only (grid and cells, 108 tokens instead of 218): the warm start teaches the
+        # The state only (grid and cells, 109 tokens instead of 218): the warm start teaches the
         # rules and the reply format, and every prompt token costs each rollout and update.
         config.prompt.style = "compact"
-    if tiny:
         # 1200 steps of 8 demonstrations (the samples and ~6 min of 600 steps of 16) give a warm
         # start of 25 / 15 / 18.5% greedy held-out success on seeds 0 / 1 / 2, where 600 of 16
         # gave 9 / 1.5 / 15%: at this size the steps, not the batch, are what is short.

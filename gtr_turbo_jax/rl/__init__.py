@@ -19,6 +19,7 @@ from gtr_turbo_jax.rl.logprob import (
     lambda_token_weights,
     masked_token_mean,
     thought_entropy,
+    token_entropy,
     token_logprobs,
 )
 from gtr_turbo_jax.rl.merge import (
@@ -68,6 +69,7 @@ __all__ = [
     "shaped_advantages",
     "sma_weights",
     "thought_entropy",
+    "token_entropy",
     "thought_kl",
     "ties_merge",
     "token_logprobs",

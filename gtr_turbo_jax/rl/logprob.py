@@ -57,6 +57,13 @@ def masked_token_mean(per_token: jax.Array, mask: jax.Array) -> jax.Array:
     return total / jnp.maximum(jnp.sum(mask, axis=-1), 1)
 
 
+def token_entropy(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
+    """Entropy (nats) of `softmax(logits / temperature)` at each position: `[..., V] -> [...]`."""
+    check_range("temperature", temperature, 0.0, float("inf"), low_open=True)
+    probs = jax.nn.softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+    return jnp.sum(jax.scipy.special.entr(probs), axis=-1)  # entr: 0 where p = 0 (masked logits)
+
+
 def thought_entropy(
     logits: jax.Array, thought_mask: jax.Array, temperature: float = 1.0
 ) -> jax.Array:
@@ -66,7 +73,4 @@ def thought_entropy(
     """
     chex.assert_rank([logits, thought_mask], [3, 2])
     chex.assert_equal_shape_prefix([logits, thought_mask], 2)
-    check_range("temperature", temperature, 0.0, float("inf"), low_open=True)
-    probs = jax.nn.softmax(logits.astype(jnp.float32) / temperature, axis=-1)
-    entropy = jnp.sum(jax.scipy.special.entr(probs), axis=-1)  # entr: 0 where p = 0 (masked logits)
-    return masked_token_mean(entropy, thought_mask)
+    return masked_token_mean(token_entropy(logits, temperature), thought_mask)

@@ -18,8 +18,8 @@ temperature -> top-k -> top-p; then a categorical draw (or argmax in greedy mode
 Two log-probs come back for every sampled token (see `SampleOutput`): `logp` under the processed
 distribution actually sampled from, and `logp_raw` under `log_softmax(logits / temperature)` of the
 model's own logits. PPO's old log-probs must be `logp_raw`: it equals what a full forward gives,
-`rl.token_logprobs(forward logits, tokens, temperature)`, and the update reads it as is; `logp` depends on the penalty, the
-truncation and the constraint, which the update step does not apply.
+`rl.token_logprobs(forward logits, tokens, temperature)`, and the update reads it as is; `logp`
+depends on the penalty, the truncation and the constraint, which the update step does not apply.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gtr_turbo_jax import rl
 from gtr_turbo_jax.models.text import KVCache
 from gtr_turbo_jax.rollout import logits_processors as lp
 from gtr_turbo_jax.rollout.constraint import START_STATE, ActionConstraint, advance, allowed_tokens
@@ -254,9 +255,8 @@ def _emit(
     live = ~loop.done
     logp = _log_prob(processed, tokens)
     logp_raw = _log_prob(loop.logits / config.temperature, tokens)
-    unit = jax.nn.log_softmax(loop.logits.astype(jnp.float32), axis=-1)
-    logp_unit = _chosen(unit, tokens)
-    entropy = -jnp.sum(jnp.where(jnp.isfinite(unit), jnp.exp(unit) * unit, 0.0), axis=-1)
+    logp_unit = _log_prob(loop.logits.astype(jnp.float32), tokens)
+    entropy = rl.token_entropy(loop.logits)
     tokens = jnp.where(live, tokens, config.pad_id)
     out = loop.out
     column = (slice(None), loop.step)

@@ -149,7 +149,7 @@ BRIEF_JSON_RULE = " Reply in JSON: {reply}."
 # The "compact" style: the state alone (the grid, the cells, the formula), no rules and no reply
 # format, for tiny models that learn both from the warm start's demonstrations. Every prompt token
 # is paid for in each rollout prefill and in each update's forward and backward: the tiny Sokoban
-# prompt is 108 tokens instead of the brief style's 218, which is most of an update's work.
+# prompt is 109 tokens instead of the brief style's 218, which is most of an update's work.
 COMPACT_TEXTS: dict[str, str] = {**BRIEF_TEXTS, "sokoban": "Grid:\n{grid}"}
 COMPACT_POSITIONS_TEXT = " Cells:{player}{box}{target}"
 STYLES = ("full", "brief", "compact")

@@ -84,7 +84,7 @@ class TrainState:
     # Task vectors theta_i - theta_0, leaves [S, ...]: the ring of the last S snapshots
     # (`merge_window="ring"`), or their running sums (`"all"`: `rl.running_sums_push`, S = 4).
     snapshots: nnx.State
-    snapshot_valid: jax.Array  # [S] bool (the ring's filled slots; all False for running sums)
+    snapshot_valid: jax.Array  # [S] bool: the ring's filled slots ([0] with running sums)
     snapshot_count: jax.Array  # () int32: snapshots pushed so far
     dagger: DaggerBuffer
     key: jax.Array  # PRNG key for permutations, LoRA dropout and SFT pairing

@@ -102,7 +102,8 @@ def merge_teacher(state: TrainState, policy: nnx.State, config: UpdateConfig) ->
     """The re-merged teacher, in the structure of `state.teacher`.
 
     EMA: `alpha * policy + (1 - alpha) * teacher`. TIES / linear: `theta_0 + merge(tau_i)` with SMA
-    weights, over every snapshot so far (`merge_window="all"`, from the running sums) or the ring; factored, on the LoRA `a` / `b` task vectors leaf by leaf;
+    weights, over every snapshot so far (`merge_window="all"`, from the running sums) or the ring;
+    factored, on the LoRA `a` / `b` task vectors leaf by leaf;
     dense, on the per-kernel products (`rl.merge.lora_task_products`, an `[S, in, out]` stack per
     kernel while it merges), stored as `[out, in]` kernel deltas.
     """
