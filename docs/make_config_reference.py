@@ -60,11 +60,17 @@ MEANINGS: dict[str, str] = {
     # format_reward
     "format_reward.valid": "added to the advantage of a reply that parses as the required JSON",
     "format_reward.invalid": "added to the advantage of a reply that does not parse",
+    "format_reward.gtr_valid": "mode gtr: the format reward of a valid reply, where it differs (Points24: GTR's +5; None: `valid`)",
+    "format_reward.gtr_invalid": "mode gtr: the format reward of an invalid reply, where it differs (Points24: GTR's 0; None: `invalid`)",
     # rl: train.config.UpdateConfig
     "rl.mode": "ppo (RL4VLM), gtr (oracle teacher, SFT), turbo_sft (merged teacher, SFT) or turbo_kl (merged teacher, KL)",
     "rl.gamma": "discount of the turn-level GAE",
     "rl.gae_lambda": "lambda of the turn-level GAE",
     "rl.thought_lambda": "weight of the thought tokens' log-probs in a reply's action log-prob",
+    "rl.thought_skip_tokens": "leave the reply's first N tokens out of the thought sum (the authors' code: 2; 0: every thought token)",
+    "rl.advantage": "gae (the paper: turn-level GAE on the critic) or group (GiGPO: each level played group_size times, episode return and same-state return-to-go minus their group means; no critic in the advantage)",
+    "rl.group_size": "rl.advantage=group: envs that play one level from the same start (train.num_envs must be a multiple)",
+    "rl.step_weight": "rl.advantage=group: weight of the same-state (step) term beside the episode term",
     "rl.clip_eps": "PPO ratio clip",
     "rl.value_clip_eps": "value-loss clip around the old value (None: unclipped)",
     "rl.value_coef": "weight of the value loss",
@@ -101,6 +107,8 @@ MEANINGS: dict[str, str] = {
     "rl.merge_interval": "updates between teacher merges",
     "rl.snapshot_capacity": "merge_window=ring: the policy snapshots (one per PPO epoch) the merge averages over, newest kept",
     "rl.dagger_capacity": "rows of the never-cleared DAgger buffer of teacher replies (gtr, turbo_sft)",
+    "rl.dagger_sampling": "reservoir (a uniform sample of every correction so far, as GTR's never-cleared buffer) or ring (the latest rows only)",
+    "rl.teacher_retries": "turbo_sft: samples again a teacher reply that does not parse, at temperature x1.1 per retry, capped at 0.9 (the authors')",
     # train
     "train.seed": "seed of everything random in the run (levels, sampling, init of the state)",
     "train.num_envs": "environments played in parallel",

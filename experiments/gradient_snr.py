@@ -44,7 +44,10 @@ def batch_gradients(trainer: Trainer, num_batches: int) -> np.ndarray:
         rows = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
         kl = jnp.zeros((batch.num_samples,), jnp.float32)  # the teacher is the policy here
         shaped, _ = advantages_and_returns(batch, batch.value.astype(jnp.float32), kl, update)
-        advantages = rl.normalize_advantages(shaped, eps=update.advantage_eps)
+        trained = None  # group advantages: each env's first episode only, as the update
+        if update.advantage == "group":
+            trained = rl.first_episode_mask(batch.terminated, batch.truncated).reshape(-1)
+        advantages = rl.normalize_advantages(shaped, trained, eps=update.advantage_eps)
 
         def objective(policy):
             scores = score_replies(

@@ -107,3 +107,47 @@ def test_tiny_sokoban_lists_the_cells_and_real_models_read_the_grid():
     assert load_config("sokoban").prompt.positions is True
     real = load_config("sokoban:qwen2.5-vl-3b", ["--config.model.path=/models/qwen"])
     assert real.prompt.positions is False
+
+
+@pytest.mark.parametrize(
+    ("env", "mode", "expected"),
+    [
+        ("points24", "gtr", (5.0, 0.0)),  # GTR's own format reward
+        ("points24", "turbo_kl", (3.0, -2.0)),  # GTR-Turbo's
+        ("points24", "turbo_sft", (3.0, -2.0)),
+        ("sokoban", "gtr", (0.0, -1.0)),  # no GTR value of its own: the env's
+    ],
+)
+def test_gtr_reads_its_own_format_reward(env, mode, expected):
+    from gtr_turbo_jax.train.setup import build_setup
+
+    setup = build_setup(load_config(env, [f"--config.rl.mode={mode}"]))
+    assert setup.format_reward == expected
+    explicit = load_config(env, [f"--config.rl.mode={mode}", "--config.format_reward.gtr_valid=4"])
+    assert build_setup(explicit).format_reward[0] == (4.0 if mode == "gtr" else expected[0])
+    with pytest.raises(ConfigError, match=r"'format_reward.gtr_invalid'.*'x'"):
+        load_config(env, ["--config.format_reward.gtr_invalid=x"])
+
+
+def test_group_advantages_need_whole_groups_and_whole_episodes():
+    from gtr_turbo_jax.train.setup import build_setup
+
+    group = ["--config.rl.advantage=group", "--config.train.turns_per_update=12"]
+    build_setup(load_config("sokoban", group))  # 16 envs in groups of 4, episodes of <= 12 turns
+    with pytest.raises(ConfigError, match=r"num_envs=16 is not a multiple of rl.group_size=3"):
+        load_config("sokoban", [*group, "--config.rl.group_size=3"])
+    short = load_config("sokoban", [group[0], "--config.train.turns_per_update=8"])
+    with pytest.raises(
+        ConfigError, match=r"turns_per_update=8 < the env's max_steps_in_episode=12"
+    ):
+        build_setup(short)
+
+
+@pytest.mark.parametrize(
+    ("env", "steps"), [("points24", 1024), ("numberline", 512), ("blackjack", 512)]
+)
+@pytest.mark.parametrize("size", ["qwen2.5-vl-3b", "qwen2.5-vl-7b"])
+def test_real_presets_collect_the_papers_env_steps_per_update(env, steps, size):
+    config = load_config(f"{env}:{size}", ["--config.model.path=/models/qwen"])
+    assert config.train.num_envs * config.train.turns_per_update == steps
+    assert update_config(config).samples_per_step == 128  # accumulated over micro-batches

@@ -1,10 +1,12 @@
-"""Pure RL functions: GAE, lambda-weighted log-probs, PPO losses, teacher guidance, teacher merges.
+"""Pure RL functions: GAE, group (GiGPO) advantages, lambda-weighted log-probs, PPO losses,
+teacher guidance, teacher merges.
 
 Nothing here imports the rest of the package; every function is jit- and vmap-friendly, with
 configuration values (floats, estimator names) static and validated in Python.
 """
 
 from gtr_turbo_jax.rl.gae import gae
+from gtr_turbo_jax.rl.group import first_episode_mask, group_advantages, state_fingerprints
 from gtr_turbo_jax.rl.guidance import (
     KL_ESTIMATORS,
     KL_SCOPES,
@@ -18,6 +20,7 @@ from gtr_turbo_jax.rl.logprob import (
     lambda_logprob,
     lambda_token_weights,
     masked_token_mean,
+    skip_leading_tokens,
     thought_entropy,
     token_entropy,
     token_logprobs,
@@ -40,6 +43,7 @@ from gtr_turbo_jax.rl.merge import (
     ties_merge,
 )
 from gtr_turbo_jax.rl.ppo import normalize_advantages, ppo_loss, token_ppo_loss
+from gtr_turbo_jax.rl.reservoir import reservoir_slots, ring_slots
 
 __all__ = [
     "KL_ESTIMATORS",
@@ -49,7 +53,9 @@ __all__ = [
     "MERGE_METHODS",
     "ema_merge",
     "forward_kl",
+    "first_episode_mask",
     "gae",
+    "group_advantages",
     "kl_scope_mask",
     "lambda_logprob",
     "lambda_token_weights",
@@ -62,12 +68,16 @@ __all__ = [
     "normalize_advantages",
     "ppo_loss",
     "push_snapshot",
+    "reservoir_slots",
+    "ring_slots",
     "running_sums_init",
     "running_sums_merge",
     "running_sums_push",
     "sft_loss",
     "shaped_advantages",
+    "skip_leading_tokens",
     "sma_weights",
+    "state_fingerprints",
     "thought_entropy",
     "token_entropy",
     "thought_kl",

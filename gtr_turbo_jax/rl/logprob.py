@@ -41,6 +41,14 @@ def lambda_logprob(
     return lam * thought + action
 
 
+def skip_leading_tokens(mask: jax.Array, count: int) -> jax.Array:
+    """`mask [B, L]` without its first `count` positions (the authors' thought sum starts at the
+    reply's third token: `count=2`)."""
+    if count < 0:
+        raise ValueError(f"count={count!r}: need an int >= 0")
+    return mask.astype(bool) & (jnp.arange(mask.shape[-1]) >= count)
+
+
 def lambda_token_weights(thought_mask: jax.Array, action_mask: jax.Array, lam: float) -> jax.Array:
     """Each token's weight in `lambda_logprob`: `lam` on thought tokens, 1 on action tokens, 0
     elsewhere (`[B, L]`, float32), so `lambda_logprob == sum(weights * token_logp)`."""

@@ -97,6 +97,21 @@ def init_rollout_state(
     return RolloutState(env_state=env_state, obs=obs, history=history, key=key)
 
 
+def grouped_reset(
+    env: EpisodeStatistics, env_params: Any, rollout_state: RolloutState, group_size: int
+) -> RolloutState:
+    """Fresh episodes for every env, `group_size` consecutive envs sharing one reset key (so one
+    level and start); the rollout's key moves on by one split."""
+    num_envs = rollout_state.num_envs
+    if num_envs % group_size:
+        raise ValueError(f"{num_envs} envs do not split into groups of {group_size}")
+    key, reset_key = jax.random.split(rollout_state.key)
+    keys = jnp.repeat(jax.random.split(reset_key, num_envs // group_size), group_size, axis=0)
+    obs, env_state = jax.vmap(env.reset, (0, None))(keys, env_params)
+    history = jnp.full_like(rollout_state.history, -1)
+    return RolloutState(env_state=env_state, obs=obs, history=history, key=key)
+
+
 def observation_fields(obs: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     """The observation's prompt fields: everything but the image."""
     return {name: value for name, value in obs.items() if name != "image"}
@@ -364,6 +379,7 @@ def make_rollout(
     constraint: ActionConstraint | None = None,
     reply_fn: ReplyFn | None = None,
     next_values: bool = True,
+    group_size: int = 1,
 ) -> Rollout:
     """Builds the compiled rollout of `env` (a `VisualEnv`, e.g. `envs.make(name)[0]`).
 
@@ -372,6 +388,9 @@ def make_rollout(
     place of the decode loop (see the module docstring). next_values=False skips the value
     forwards of the final observations of truncated episodes and of the observation after the
     last turn (`next_value` is then 0 there): for evaluation, which needs no values.
+    group_size > 1 (group advantages, `rl.group_advantages`): every call starts fresh episodes,
+    envs `[g * group_size, (g + 1) * group_size)` on one level from the same start (one reset
+    key per group); the carried env states are dropped.
     The episode metrics are `EPISODE_METRICS` (`[T, E]`, from `EpisodeStatistics`) and `"fields"`:
     each turn's prompt fields (the observation without its image), a dict of `[T, E, ...]` arrays.
     """
@@ -391,6 +410,8 @@ def make_rollout(
         chex.assert_rank(rollout_state.history, 2)
         num_envs = rollout_state.num_envs
         params = nnx.merge_state(policy, base)
+        if group_size > 1:
+            rollout_state = grouped_reset(stats_env, env_params, rollout_state, group_size)
 
         def turn(state: RolloutState, _):
             key, step_key, acted = policy_turn.act(
@@ -456,6 +477,7 @@ __all__ = [
     "Rollout",
     "RolloutState",
     "finish_rollout",
+    "grouped_reset",
     "init_rollout_state",
     "make_policy_turn",
     "make_rollout",

@@ -22,6 +22,8 @@ FORMAT_REWARD_PLACEMENTS = ("after_gae", "in_gae", "ignore")
 KL_ESTIMATORS = ("k1_clipped", "k1", "abs", "k3")
 KL_SCOPES = ("thought", "thought_action")
 RATIO_LEVELS = ("sequence", "token")
+ADVANTAGES = ("gae", "group")
+DAGGER_SAMPLINGS = ("reservoir", "ring")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +32,9 @@ class UpdateConfig:
     `turbo_sft` (the same with the merged teacher's replies), `turbo_kl` (PPO with the thought KL to
     the merged teacher in the advantage).
 
+    PPO's log-prob is `thought_lambda * sum(thought log-probs) + sum(action log-probs)`;
+    `thought_skip_tokens=2` leaves the reply's first two tokens out of the thought sum, as the
+    authors' code does (0: every thought token, the method as written).
     PPO: `ratio_level` `sequence` (RL4VLM: one ratio per reply on the lambda-weighted log-prob)
     or `token` (`rl.token_ppo_loss`: each token's ratio clipped on its own, a lambda-weighted token
     mean). The value head's Adam steps are `value_lr_scale` times the policy's (1: the paper's one
@@ -56,7 +61,18 @@ class UpdateConfig:
     of rows, so fewer rows keep the loss and its expected gradient and only add variance to the SFT
     term, while the SFT forward (a second forward + backward per micro-batch) shrinks with them.
     Default (`None`): a quarter of `minibatch_size` (at least 1): over the paper's 4 epochs, one
-    buffer draw per sample of the batch per update.
+    buffer draw per sample of the batch per update. GTR never clears its buffer, so its draws are
+    uniform over every correction of the run: `dagger_sampling="reservoir"` keeps such a uniform
+    sample in `dagger_capacity` rows (`rl.reservoir_slots`); `ring` keeps the latest rows only.
+    `turbo_sft` samples an unparseable teacher reply again up to `teacher_retries` times
+    (`train.teachers.retry_temperatures`).
+
+    Advantages, `advantage`: `gae` (the paper's turn-level GAE on the critic's values) or `group`
+    (`rl.group_advantages`, GiGPO: the rollout plays each level `group_size` times from the same
+    start; an episode's return minus its group's mean, plus `step_weight` times a step's
+    return-to-go minus the mean over the group's steps from the same state; no critic in the
+    advantage, the value head still fits the returns-to-go). Only each env's first episode of the
+    rollout counts: the rollout must be long enough for it to end.
 
     Format reward (`Batch.format_reward`), `format_reward_placement`: `after_gae` adds it to the
     advantage after GAE (the value target includes it), as GTR's code (`returns = gae + V +
@@ -82,12 +98,16 @@ class UpdateConfig:
     gamma: float = 0.9
     gae_lambda: float = 0.95
     thought_lambda: float = 0.5
+    thought_skip_tokens: int = 0
     clip_eps: float = 0.1
     value_clip_eps: float | None = 0.1
     value_coef: float = 0.5
     ratio_guard: float | None = None
     ratio_level: str = "sequence"
     rescore: bool = False
+    advantage: str = "gae"
+    group_size: int = 4
+    step_weight: float = 1.0
     value_lr_scale: float = 1.0
     value_backbone_grad: bool = True
     ppo_epochs: int = 4
@@ -118,6 +138,8 @@ class UpdateConfig:
     merge_window: str = "all"
     snapshot_capacity: int = 16
     dagger_capacity: int = 1024
+    dagger_sampling: str = "reservoir"
+    teacher_retries: int = 3
 
     def __post_init__(self) -> None:
         _choice("mode", self.mode, MODES)
@@ -131,6 +153,8 @@ class UpdateConfig:
         _choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
         _choice("kl_scope", self.kl_scope, KL_SCOPES)
         _choice("ratio_level", self.ratio_level, RATIO_LEVELS)
+        _choice("advantage", self.advantage, ADVANTAGES)
+        _choice("dagger_sampling", self.dagger_sampling, DAGGER_SAMPLINGS)
         inf = math.inf
         for name, low, high, low_open in (
             ("gamma", 0.0, 1.0, False),
@@ -149,6 +173,7 @@ class UpdateConfig:
             ("kl_beta", 0.0, inf, False),
             ("kl_invalid_value", 0.0, inf, False),
             ("sft_coef", 0.0, inf, False),
+            ("step_weight", 0.0, inf, False),
             ("merge_density", 0.0, 1.0, True),
             ("merge_scale", 0.0, inf, False),
             ("ema_alpha", 0.0, 1.0, False),
@@ -169,8 +194,12 @@ class UpdateConfig:
             "snapshot_capacity",
             "dagger_capacity",
             "warmup_updates",
+            "group_size",
+            "teacher_retries",
+            "thought_skip_tokens",
         ):
-            value, low = getattr(self, name), 0 if name == "warmup_updates" else 1
+            value = getattr(self, name)
+            low = 0 if name in ("warmup_updates", "teacher_retries", "thought_skip_tokens") else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(
                     f"UpdateConfig.{name}={value!r} is out of range: expected an int >= {low}"
@@ -199,6 +228,11 @@ class UpdateConfig:
     def uses_snapshots(self) -> bool:
         """The snapshot ring buffer (and theta_0 for task vectors) exist for TIES / linear only."""
         return self.uses_teacher and self.merge_method != "ema"
+
+    @property
+    def rollout_group_size(self) -> int:
+        """Envs that play the same level from the same start: `group_size` under `group`."""
+        return self.group_size if self.advantage == "group" else 1
 
     @property
     def sft_rows(self) -> int:

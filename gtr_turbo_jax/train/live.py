@@ -107,6 +107,7 @@ def advance(
     returned_episode: Any,
     success: Any,
     episode_return: Any,
+    restart: bool = False,
 ) -> LiveWindow:
     """The window after update `update`'s rollout.
 
@@ -116,6 +117,9 @@ def advance(
     after the last turn). After the rollout, the cohorts before the oldest open (tracked)
     episode's start update are complete; their ended episodes move from `pending` to the window in
     (start update, start turn, env) order, and the window keeps the last `window.size`.
+    `restart`: the rollout resets every env at its start (group rollouts), so only each env's
+    first episode of the rollout counts; the episodes it started later are cut by the next reset
+    and dropped (counting them would bring back the bias towards short episodes).
     """
     returned = np.asarray(returned_episode, bool)
     won = np.asarray(success, bool)
@@ -130,15 +134,19 @@ def advance(
             f"{returned.shape}"
         )
     turns = returned.shape[0]
-    starts = list(window.starts)
+    starts = [(update, 0)] * len(window.starts) if restart else list(window.starts)
     pending = list(window.pending)
     for turn, env in zip(*np.nonzero(returned)):  # turn-major: the order the episodes ended
         start_update, start_turn = starts[env]
+        if restart and (start_update, start_turn) != (update, 0):
+            continue
         if start_update != UNTRACKED:
             pending.append(
                 (start_update, start_turn, int(env), bool(won[turn, env]), float(got[turn, env]))
             )
         starts[env] = (update, int(turn) + 1) if turn + 1 < turns else (update + 1, 0)
+    if restart:
+        starts = [(update + 1, 0)] * len(starts)
     tracked = [u for u, _ in starts if u != UNTRACKED]
     complete_before = min(tracked) if tracked else update + 1  # cohorts < this have all ended
     done = sorted(e for e in pending if e[0] < complete_before)

@@ -11,7 +11,8 @@ Sections (every key has a default here; an env file changes what differs for its
 - `sampling`: the rollout sampler (the paper: temperature 0.2, top-k 5, repetition penalty 1.2;
   the tiny presets: no penalty, their thoughts copy the prompt's cells);
   `eval_temperature` 0 plays greedily at evaluation;
-- `format_reward`: added to every reply's advantage, `valid` / `invalid`;
+- `format_reward`: added to every reply's advantage, `valid` / `invalid` (mode `gtr`:
+  `gtr_valid` / `gtr_invalid` where set);
 - `rl`: the fields of `train.UpdateConfig` (the key is `rl` because `update` is a ConfigDict method);
 - `train`: the outer loop (`seed`, `num_envs`, `turns_per_update`, `updates`, eval and checkpoint
   cadence, the mesh, logging);
@@ -97,7 +98,13 @@ def base_config(env: dict[str, Any], model: str = "tiny") -> ml_collections.Conf
                 "max_new_tokens": 96 if small else 256,
                 "eval_temperature": 0.0,
             },
-            "format_reward": {"valid": 0.0, "invalid": -1.0},
+            # Mode `gtr` reads `gtr_valid` / `gtr_invalid` where set (None: the same values).
+            "format_reward": {
+                "valid": 0.0,
+                "invalid": -1.0,
+                "gtr_valid": None,
+                "gtr_invalid": None,
+            },
             "rl": _update_defaults(small, sampling_temperature=0.2),
             "train": {
                 "seed": 0,
@@ -307,6 +314,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         ):
             if not ok:
                 raise ConfigError(f"config key 'warm_start.{key}'={ws[key]!r}: need {need}")
+    for key in ("gtr_valid", "gtr_invalid"):
+        value = config.format_reward.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(f"config key 'format_reward.{key}'={value!r}: need a number or None")
     if config.rl.temperature != config.sampling.temperature:
         raise ConfigError(
             f"rl.temperature={config.rl.temperature!r} differs from sampling.temperature="
@@ -322,6 +333,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"train.num_envs * train.turns_per_update = {samples} samples per update is not a "
             f"multiple of rl.minibatch_size * rl.grad_accum_steps = {per_step}"
+        )
+    if config.rl.advantage == "group" and train.num_envs % config.rl.group_size:
+        raise ConfigError(
+            f"train.num_envs={train.num_envs} is not a multiple of rl.group_size="
+            f"{config.rl.group_size} (rl.advantage='group' plays each level group_size times)"
         )
     devices = train.mesh.data * train.mesh.fsdp
     if train.num_envs % devices:

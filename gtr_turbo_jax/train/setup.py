@@ -59,7 +59,14 @@ class RunSetup:
 
     @property
     def format_reward(self) -> tuple[float, float]:
-        return (float(self.config.format_reward.valid), float(self.config.format_reward.invalid))
+        """(valid, invalid): `format_reward.gtr_valid / gtr_invalid` in mode `gtr` where set
+        (GTR's own values differ from GTR-Turbo's on Points24), else `valid / invalid`."""
+        section = self.config.format_reward
+        pair = (section.valid, section.invalid)
+        if self.update.mode == "gtr":
+            own = (section.get("gtr_valid"), section.get("gtr_invalid"))
+            pair = tuple(p if o is None else o for o, p in zip(own, pair))
+        return (float(pair[0]), float(pair[1]))
 
     def fingerprint(self) -> dict[str, Any]:
         """What a checkpoint must match to be restored into this run (JSON)."""
@@ -97,6 +104,13 @@ def build_setup(config: ml_collections.ConfigDict) -> RunSetup:
     name, overrides = env_overrides(config)
     env, env_params = _make_env(name, overrides, config.early_termination)
     eval_env, eval_params = _held_out(name, overrides, config.early_termination)
+    max_steps = getattr(env_params, "max_steps_in_episode", None)
+    turns = config.train.turns_per_update
+    if config.rl.advantage == "group" and (max_steps is None or turns < max_steps):
+        raise ConfigError(
+            f"rl.advantage='group' needs every episode to end inside one rollout: "
+            f"train.turns_per_update={turns} < the env's max_steps_in_episode={max_steps}"
+        )
 
     path = config.model.path
     if path:

@@ -61,12 +61,15 @@ def _keys(seed: int) -> dict[str, jax.Array]:
 
 
 def _episode_stats(
-    episodes: dict[str, jax.Array], window: live.LiveWindow, update: int
+    episodes: dict[str, jax.Array], window: live.LiveWindow, update: int, restart: bool = False
 ) -> tuple[live.LiveWindow, int]:
     """The live window after update `update`'s rollout (`live.advance`: episodes counted by the
-    update they started in) and the number of episodes that ended during the rollout."""
+    update they started in; `restart`: group rollouts, each env's first episode only) and the
+    number of episodes that ended during the rollout."""
     returned = np.asarray(episodes["returned_episode"], bool)
-    window = live.advance(window, update, returned, episodes["success"], episodes["episode_return"])
+    window = live.advance(
+        window, update, returned, episodes["success"], episodes["episode_return"], restart
+    )
     return window, int(returned.sum())
 
 
@@ -113,6 +116,7 @@ class Trainer:
             setup.sampling,
             self.defs,
             format_reward=setup.format_reward,
+            group_size=setup.update.rollout_group_size,
         )
         self._evaluator = None
         self.timings = Timings()
@@ -378,7 +382,8 @@ class Trainer:
     ) -> tuple[live.LiveWindow, dict[str, Any]]:
         """The live window after update `update` (0-based: the rollout's update) and the update's
         metrics line."""
-        window, ended = _episode_stats(episodes, window, update)
+        restart = self.setup.update.rollout_group_size > 1
+        window, ended = _episode_stats(episodes, window, update, restart)
         return window, {
             "env_steps": host["env_steps"],
             "success_rate": window.success_rate,

@@ -9,7 +9,8 @@ In order, all inside one `jax.jit` (state donated; `defs` and `config` static):
 3. turn-level GAE on `[turns, envs]` and shaped advantages `A' = A + format - beta * KL` (KL = 0
    outside `turbo_kl`; where the format reward enters is `config.format_reward_mode`, see
    `advantages_and_returns`); the value target is `A' + V`; advantages normalised;
-4. SFT variants: the batch's labelled teacher replies are appended to the DAgger ring buffer;
+4. SFT variants: the batch's labelled teacher replies are pushed into the DAgger buffer (a
+   reservoir of every correction so far, or a ring: `dagger_sampling`);
 5. PPO epochs (`lax.scan`), optimizer steps over a permutation (`lax.scan`), gradient accumulation
    over micro-batches (`lax.scan`); each micro-batch is paired with `config.sft_rows` uniform
    draws from the DAgger buffer (SFT variants). A step whose gradient is not finite is skipped;
@@ -82,11 +83,19 @@ def _global_distance(a: PyTree, b: PyTree) -> jax.Array:
     return jnp.sqrt(sum(jax.tree.leaves(squares), jnp.zeros((), jnp.float32)))
 
 
-def _push_dagger(dagger: DaggerBuffer, samples: Batch) -> DaggerBuffer:
-    """Appends the samples with at least one labelled token to the ring (others are dropped)."""
+def _push_dagger(
+    dagger: DaggerBuffer, samples: Batch, sampling: str, key: jax.Array
+) -> DaggerBuffer:
+    """Pushes the samples with at least one labelled token (others are dropped): into a uniform
+    sample of every correction so far (`reservoir`, GTR's never-cleared buffer in bounded memory)
+    or a ring of the latest (`ring`)."""
     labelled = jnp.any(samples.teacher_label_mask, axis=-1)
-    order = dagger.count + jnp.cumsum(labelled) - 1
-    slot = jnp.where(labelled, order % dagger.capacity, dagger.capacity)  # out of bounds: dropped
+    if sampling == "reservoir":
+        uniforms = jax.random.uniform(key, labelled.shape)
+        slot = rl.reservoir_slots(dagger.count, labelled, dagger.capacity, uniforms)
+    else:
+        slot = rl.ring_slots(dagger.count, labelled, dagger.capacity)
+    # Out-of-bounds slots (`capacity`) are dropped.
     write = lambda buffer, rows: buffer.at[slot].set(rows.astype(buffer.dtype), mode="drop")
     return DaggerBuffer(
         prompt_ids=write(dagger.prompt_ids, samples.prompt_ids),
@@ -165,15 +174,28 @@ def advantages_and_returns(
     `after_gae`: `A' = GAE(r) + format - beta * KL` (GTR's code);
     `in_gae`: `A' = GAE(r + format) - beta * KL`; `ignore`: `A' = GAE(r) - beta * KL` (RL4VLM).
     """
-    continues = ~(batch.terminated.astype(bool) | batch.truncated.astype(bool))
-    later_value = jnp.concatenate([values[1:], batch.next_value[-1:]], axis=0)
-    has_later = jnp.arange(batch.turns)[:, None] < batch.turns - 1
-    next_values = jnp.where(continues & has_later, later_value, batch.next_value)
     format_reward = batch.format_reward.astype(jnp.float32)
     placement = config.format_reward_mode
     reward = batch.reward.astype(jnp.float32)
     if placement == "in_gae":
         reward = reward + format_reward
+    after = format_reward if placement == "after_gae" else jnp.zeros_like(format_reward)
+    if config.advantage == "group":
+        mask = rl.first_episode_mask(batch.terminated, batch.truncated)
+        groups = jnp.arange(batch.envs) // config.group_size
+        prints = rl.state_fingerprints(
+            batch.prompt_ids.reshape(batch.num_samples, -1),
+            batch.image_patches.reshape(batch.num_samples, -1),
+        ).reshape(batch.turns, batch.envs, -1)
+        advantages, to_go = rl.group_advantages(
+            reward, mask, groups, prints, config.gamma, config.step_weight
+        )
+        shaped = rl.shaped_advantages(advantages.reshape(-1), after.reshape(-1), kl, config.kl_beta)
+        return shaped, to_go.reshape(-1)
+    continues = ~(batch.terminated.astype(bool) | batch.truncated.astype(bool))
+    later_value = jnp.concatenate([values[1:], batch.next_value[-1:]], axis=0)
+    has_later = jnp.arange(batch.turns)[:, None] < batch.turns - 1
+    next_values = jnp.where(continues & has_later, later_value, batch.next_value)
     advantages = rl.gae(
         reward,
         values,
@@ -183,7 +205,6 @@ def advantages_and_returns(
         config.gamma,
         config.gae_lambda,
     ).reshape(-1)
-    after = format_reward if placement == "after_gae" else jnp.zeros_like(format_reward)
     shaped = rl.shaped_advantages(advantages, after.reshape(-1), kl, config.kl_beta)
     return shaped, shaped + values.reshape(-1)
 
@@ -264,8 +285,11 @@ def _update_step(
     else:
         old = old_scores(samples)
     old = jax.lax.stop_gradient(old)
+    # The thought tokens of PPO's lambda-weighted log-prob (`thought_skip_tokens`: the authors'
+    # sum leaves out the reply's first tokens).
+    summed = lambda rows: rl.skip_leading_tokens(rows.thought_mask, config.thought_skip_tokens)
     old_logp = rl.lambda_logprob(
-        old["token_logp"], samples.thought_mask, samples.action_mask, config.thought_lambda
+        old["token_logp"], summed(samples), samples.action_mask, config.thought_lambda
     )
     kl = old.get("kl", jnp.zeros((num_samples,), jnp.float32))
 
@@ -273,10 +297,18 @@ def _update_step(
     shaped, returns = advantages_and_returns(
         batch, old["value"].reshape(batch.turns, batch.envs), kl, config
     )
-    normalized = rl.normalize_advantages(shaped, eps=config.advantage_eps)
+    # Under group advantages only each env's first episode of the rollout is trained on.
+    if config.advantage == "group":
+        trained = rl.first_episode_mask(batch.terminated, batch.truncated).reshape(-1)
+    else:
+        trained = jnp.ones((num_samples,), bool)
+    normalized = rl.normalize_advantages(shaped, trained, eps=config.advantage_eps)
 
     # 4. DAgger buffer.
-    dagger = _push_dagger(state.dagger, samples) if config.uses_sft else state.dagger
+    dagger = state.dagger
+    if config.uses_sft:  # its own key, so the other draws of the update stay as they are
+        dagger_key = jax.random.fold_in(state.key, 1)
+        dagger = _push_dagger(dagger, samples, config.dagger_sampling, dagger_key)
     dagger_filled = jnp.minimum(dagger.count, max(dagger.capacity, 1))
 
     # 5. PPO.
@@ -308,21 +340,21 @@ def _update_step(
             value_coef=config.value_coef,
             ratio_guard=config.ratio_guard,
         )
+        rows_trained = trained[index]
         if config.ratio_level == "token":
-            weights = rl.lambda_token_weights(
-                rows.thought_mask, rows.action_mask, config.thought_lambda
-            )
+            weights = rl.lambda_token_weights(summed(rows), rows.action_mask, config.thought_lambda)
             loss, metrics = rl.token_ppo_loss(
                 token_logp, old["token_logp"][index], weights, normalized[index], *value_terms,
-                **clipping,
+                rows_trained, **clipping,
             )  # fmt: skip
         else:
             logp = rl.lambda_logprob(
-                token_logp, rows.thought_mask, rows.action_mask, config.thought_lambda
+                token_logp, summed(rows), rows.action_mask, config.thought_lambda
             )
             loss, metrics = rl.ppo_loss(
-                logp, old_logp[index], normalized[index], *value_terms, **clipping
-            )
+                logp, old_logp[index], normalized[index], *value_terms, rows_trained,
+                **clipping,
+            )  # fmt: skip
         if config.uses_sft:
             pick = jax.random.randint(sft_key, (config.sft_rows,), 0, dagger_filled)
             pairs = dagger.rows(pick)

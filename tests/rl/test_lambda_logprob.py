@@ -90,3 +90,22 @@ def test_logprob_rejects_bad_config():
     mask = np.ones((B, L), bool)
     with pytest.raises(ValueError, match=r"lam=1.5 is out of range: expected a value in \[0, 1\]"):
         lambda_logprob(np.zeros((B, L)), mask, mask, 1.5)
+
+
+def test_the_authors_thought_sum_skips_the_first_two_reply_tokens():
+    from gtr_turbo_jax.rl import skip_leading_tokens
+
+    rng = np.random.default_rng(5)
+    token_logp = rng.normal(size=(B, L)).astype(np.float32)
+    thought, action = spans([4, 1, 0], [2, 2, 3])
+    want = [
+        0.5 * sum(token_logp[b, i] for i in range(2, L) if thought[b, i])
+        + sum(token_logp[b, i] for i in range(L) if action[b, i])
+        for b in range(B)
+    ]
+    got = lambda_logprob(token_logp, skip_leading_tokens(thought, 2), action, 0.5)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert not np.allclose(got, lambda_logprob(token_logp, thought, action, 0.5))  # it differs
+    np.testing.assert_array_equal(skip_leading_tokens(thought, 0), thought)
+    with pytest.raises(ValueError, match="count=-1"):
+        skip_leading_tokens(thought, -1)

@@ -85,6 +85,22 @@ def test_an_episode_ending_on_the_last_turn_starts_the_next_update():
     assert window.starts == ((1, 0),) and window.successes == (T,)  # cohort 0 complete at once
 
 
+def test_group_rollouts_count_each_envs_first_episode_at_once():
+    # restart=True: every update resets every env. Env 0 solves in 1 turn and then solves a
+    # second, 1-turn episode (cut from the count: short episodes only would bias it); env 1 fails
+    # after 3 turns. Both first episodes are reported after the same update.
+    returned = [[T, F], [T, F], [F, T]]
+    success = [[T, F], [T, F], [F, F]]
+    got = [[1.0, 0.0], [2.0, 0.0], [0.0, -3.0]]
+    window = advance(LiveWindow.fresh(2), 0, returned, success, got, restart=True)
+    assert window.successes == (T, F) and window.returns == (1.0, -3.0)
+    assert window.starts == ((1, 0), (1, 0)) and window.pending == ()
+    # Without restart the stream's second episode of env 0 is counted too (2 of 3 solved), once
+    # env 0's third episode (still open) has ended.
+    stream = advance(LiveWindow.fresh(2), 0, returned, success, got)
+    assert [e[3] for e in stream.pending] == [T, T, F]
+
+
 def test_shapes_are_checked():
     with pytest.raises(ValueError, match=r"returned_episode must be \[turns, 2\]"):
         advance(LiveWindow.fresh(2), 0, np.zeros((3, 1), bool), np.zeros((3, 1)), np.zeros((3, 1)))

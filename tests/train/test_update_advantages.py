@@ -124,3 +124,52 @@ def test_ppo_step_ignores_the_format_reward(tmp_path):
         metrics.append({k: float(v) for k, v in step_metrics.items()})
     assert all(jax.tree.leaves(jax.tree.map(np.array_equal, *params)))
     assert metrics[0] == metrics[1]
+
+
+def test_group_advantages_in_the_update_match_the_transcription():
+    """`advantage="group"`: states are told apart by their prompt and image; the format reward and
+    KL are placed as under GAE; the value target is the return-to-go."""
+    from tests.rl.test_group import group_reference
+
+    turns, envs, group = 5, 4, 2
+    rng = np.random.default_rng(3)
+    done = rng.random((turns, envs)) < 0.3
+    done[-1] = True
+    states = rng.integers(0, 3, (turns, envs))
+    batch = Batch.dummy(turns, envs, 3, 2, 4).replace(
+        reward=rng.normal(size=(turns, envs)).astype(np.float32),
+        terminated=done,
+        format_reward=rng.choice([3.0, -2.0], size=(turns, envs)).astype(np.float32),
+        prompt_ids=np.broadcast_to(states[..., None], (turns, envs, 3)).astype(np.int32),
+    )
+    kl = rng.uniform(0, 2, size=batch.num_samples).astype(np.float32)
+    config = UpdateConfig(mode="turbo_kl", advantage="group", group_size=group, kl_beta=BETA)
+    shaped, returns = advantages_and_returns(batch, np.zeros((turns, envs), np.float32), kl, config)
+    want, to_go, alive = group_reference(
+        np.asarray(batch.reward), done, np.arange(envs) // group, states, config.gamma, 1.0
+    )
+    assert not alive.all()  # some turns are after a first episode: zero advantage there
+    want_shaped = want.reshape(-1) + np.asarray(batch.format_reward).reshape(-1) - BETA * kl
+    np.testing.assert_allclose(shaped, want_shaped, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(returns, to_go.reshape(-1), rtol=1e-5, atol=1e-5)
+
+
+def test_group_step_ignores_the_turns_after_the_first_episode(tmp_path):
+    """Under group advantages an env's turns after its first episode (a new level the next rollout
+    cuts short) leave the update bitwise unchanged; under GAE the same change moves it."""
+    checkpoint = write_random_checkpoint(tmp_path / "ckpt", MODEL_CONFIG, 7)
+    terminated = np.array([[True, False], [True, True]])
+    batch = make_batch(2, reward=np.array([[1.0, -0.1], [0.0, 2.0]], np.float32))
+    batch = batch.replace(terminated=terminated)
+    later = batch.replace(reward=batch.reward.at[1, 0].set(5.0))  # env 0's second episode
+    for config, same in (
+        (PPO_CONFIG.replace(advantage="group", group_size=ENVS), True),
+        (PPO_CONFIG, False),
+    ):
+        params = []
+        for rows in (batch, later):
+            defs, state = build_state(checkpoint, config, seed=4)
+            state, _ = update_step(state, rows, defs, config)
+            params.append(jax.tree.map(np.asarray, state.policy))
+        equal = jax.tree.leaves(jax.tree.map(np.array_equal, *params))
+        assert all(equal) == same, config.advantage
