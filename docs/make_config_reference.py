@@ -90,7 +90,7 @@ MEANINGS: dict[str, str] = {
     "rl.grad_clip": "global gradient-norm clip",
     "rl.temperature": "temperature of the log-probs PPO scores: the sampler's, so it must equal `sampling.temperature`",
     "rl.advantage_eps": "epsilon of the advantage normalisation (A - mean) / (std + eps)",
-    "rl.kl_estimator": "thought-KL estimator: k1_clipped (the paper's best), k1, abs or k3",
+    "rl.kl_estimator": "thought-KL estimator: k1_clipped (the paper's best), k1, abs, k3 (on the sampled tokens) or forward (KL(teacher || agent) over the whole vocabulary: one more policy forward per sample)",
     "rl.kl_clip": "upper clip of the per-token k1 (k1_clipped)",
     "rl.kl_beta": "weight of the thought KL subtracted from the advantage (turbo_kl)",
     "rl.kl_invalid_value": "KL charged to an invalid reply (turbo_kl)",

@@ -74,15 +74,15 @@ def _tuples(value: Any) -> Any:
 
 
 def run_config(run_dir: str | Path):
-    """The resolved config a run directory was trained with."""
+    """The resolved config a run directory was trained with (keys added since: their defaults)."""
     import ml_collections
 
-    from gtr_turbo_jax.train.run_config import validate
+    from gtr_turbo_jax.train.run_config import validate, with_new_keys
 
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {str(run_dir)!r} a run directory?")
-    config = ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
+    config = ml_collections.ConfigDict(_tuples(with_new_keys(json.loads(path.read_text()))))
     validate(config)
     return config
 

@@ -151,3 +151,15 @@ def test_real_presets_collect_the_papers_env_steps_per_update(env, steps, size):
     config = load_config(f"{env}:{size}", ["--config.model.path=/models/qwen"])
     assert config.train.num_envs * config.train.turns_per_update == steps
     assert update_config(config).samples_per_step == 128  # accumulated over micro-batches
+
+
+def test_a_saved_run_config_gets_the_keys_added_since_at_their_defaults():
+    from gtr_turbo_jax.train.run_config import with_new_keys
+
+    saved = load_config("sokoban", ["--config.rl.kl_beta=0.5"]).to_dict()
+    del saved["rl"]["advantage"], saved["format_reward"]["gtr_valid"]
+    filled = with_new_keys(saved)
+    assert filled["rl"]["advantage"] == "gae" and filled["format_reward"]["gtr_valid"] is None
+    assert filled["rl"]["kl_beta"] == 0.5  # the run's own values are kept
+    assert filled["sampling"]["temperature"] == saved["sampling"]["temperature"] == 1.0
+    assert "advantage" not in saved["rl"]  # the input is not changed

@@ -153,6 +153,27 @@ def _update_defaults(small: bool, sampling_temperature: float) -> dict[str, Any]
     return defaults
 
 
+def with_new_keys(saved: dict[str, Any]) -> dict[str, Any]:
+    """A run's saved config (plain dicts) with the keys added since it was written, at their
+    defaults (a new option's default keeps the earlier behaviour), so older runs still evaluate,
+    export and resume. Keys the run has are kept as they are."""
+    size = saved.get("model", {}).get("size")
+    if size not in MODEL_PRESETS or not isinstance(saved.get("env"), dict):
+        return saved
+    defaults = base_config(saved["env"], size).to_dict()
+
+    def fill(have: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
+        out = dict(have)
+        for key, value in default.items():
+            if key not in out:
+                out[key] = value
+            elif isinstance(value, dict) and isinstance(out[key], dict):
+                out[key] = fill(out[key], value)
+        return out
+
+    return fill(saved, defaults)
+
+
 def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """`--smoke`: the same pipeline at the smallest size (CI: well under 2 minutes)."""
     config = config.copy_and_resolve_references()

@@ -5,7 +5,8 @@ In order, all inside one `jax.jit` (state donated; `defs` and `config` static):
    are the rollout's (its sampler scored the same tokens under the same parameters), or with
    `config.rescore` a full forward of every reply under its prompt and image (no dropout);
 2. `turbo_kl`: the teacher (same base; its adapters, or its dense kernel deltas) scores the same
-   replies; `rl.thought_kl` at temperature 1 on the thought tokens;
+   replies; `rl.thought_kl` at temperature 1 on the thought tokens (`kl_estimator="forward"`:
+   `rl.forward_kl` over the vocabulary, which adds the policy's own forward);
 3. turn-level GAE on `[turns, envs]` and shaped advantages `A' = A + format - beta * KL` (KL = 0
    outside `turbo_kl`; where the format reward enters is `config.format_reward_mode`, see
    `advantages_and_returns`); the value target is `A' + V`; advantages normalised;
@@ -247,9 +248,14 @@ def _update_step(
     # replies). The teacher's weights are built once, outside the loop (dense: base + deltas).
     teacher = teacher_weights(state, config) if config.mode == "turbo_kl" else None
 
+    # The forward KL sums over the whole vocabulary: it needs the policy's logits, not only the
+    # log-probs of the sampled tokens that the rollout recorded.
+    forward = teacher is not None and config.kl_estimator == "forward"
+
     def old_scores(rows: Batch) -> dict[str, jax.Array]:
-        if config.rescore:
+        if config.rescore or forward:
             policy = score(state.policy, state.base, rows, rows.response_ids, rows.response_mask)
+        if config.rescore:
             out = {
                 "token_logp": rl.token_logprobs(
                     policy.logits, rows.response_ids, config.temperature
@@ -267,15 +273,21 @@ def _update_step(
             }
         if teacher is not None:
             reference = score(*teacher, rows, rows.response_ids, rows.response_mask)
-            out["kl"] = rl.thought_kl(
-                out["logp_unit"],
-                rl.token_logprobs(reference.logits, rows.response_ids),
-                rl.kl_scope_mask(rows.thought_mask, rows.action_mask, config.kl_scope),
-                rows.valid,
-                config.kl_estimator,
-                config.kl_clip,
-                config.kl_invalid_value,
-            )
+            scope = rl.kl_scope_mask(rows.thought_mask, rows.action_mask, config.kl_scope)
+            if forward:
+                out["kl"] = rl.forward_kl(
+                    policy.logits, reference.logits, scope, rows.valid, config.kl_invalid_value
+                )
+            else:
+                out["kl"] = rl.thought_kl(
+                    out["logp_unit"],
+                    rl.token_logprobs(reference.logits, rows.response_ids),
+                    scope,
+                    rows.valid,
+                    config.kl_estimator,
+                    config.kl_clip,
+                    config.kl_invalid_value,
+                )
         return out
 
     if config.rescore or teacher is not None:  # forwards: a micro-batch at a time

@@ -346,3 +346,32 @@ def test_warmup_scales_the_first_updates_of_the_cosine():
     np.testing.assert_allclose(rates, [0.5 * cosine[0], *cosine[1:]], rtol=1e-6, atol=1e-12)
     no_warmup = [float(learning_rate_at(config, jnp.int32(u))) for u in range(5)]
     np.testing.assert_allclose(no_warmup, cosine, rtol=1e-6, atol=1e-12)
+
+
+def test_forward_kl_is_the_full_vocabulary_sum_under_the_teacher(checkpoint, scorer):
+    """`kl_estimator="forward"`: KL(teacher || agent) over the vocabulary on the thought tokens,
+    from the policy's own forward (the rollout records only the sampled tokens' log-probs),
+    written out in numpy; the sampled-token k1 of the same pair differs."""
+    config = KL_CONFIG.replace(rescore=False, kl_estimator="forward")
+    defs, state = build_state(checkpoint, config, seed=3)
+    teacher = _random_teacher(state, seed=5)
+    batch = _with_sampler_numbers(make_batch(2), defs, state, config.temperature)
+    agent = np.asarray(scorer(defs.model, state.base, state.policy, batch), np.float64)
+    ref = np.asarray(scorer(defs.model, state.base, teacher, batch), np.float64)
+    log_softmax = lambda x: (
+        x
+        - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True))
+        - x.max(-1, keepdims=True)
+    )
+    a, t = log_softmax(agent), log_softmax(ref)
+    per_token = (np.exp(t) * (t - a)).sum(-1)
+    thought = np.asarray(batch.thought_mask).reshape(per_token.shape)
+    want = (per_token * thought).sum(1) / thought.sum(1)
+    means = {}
+    for estimator in ("forward", "k1"):
+        defs, state = build_state(checkpoint, config, seed=3)
+        state = state.replace(teacher=jax.tree.map(jnp.array, teacher))
+        _, metrics = update_step(state, batch, defs, config.replace(kl_estimator=estimator))
+        means[estimator] = float(metrics["kl_mean"])
+    np.testing.assert_allclose(means["forward"], want.mean(), rtol=1e-4)
+    assert abs(means["k1"] - means["forward"]) > 1e-3 * means["forward"]
