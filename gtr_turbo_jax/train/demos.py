@@ -45,7 +45,7 @@ from flax import struct
 from transformers import PreTrainedTokenizerBase
 
 from gtr_turbo_jax import envs
-from gtr_turbo_jax.envs.cards.solver import solve
+from gtr_turbo_jax.envs.cards.solver import completion, solve
 from gtr_turbo_jax.envs.sokoban.levels import ACTION_DELTAS, BOX, BOX_ON_TARGET, WALL
 from gtr_turbo_jax.envs.sokoban.solver import solve as solve_sokoban
 from gtr_turbo_jax.rollout.metrics import FORMULA_BLANK, describe_state
@@ -212,8 +212,19 @@ def _formula_move(env_name: str, fields: Fields) -> ExpertMove:
     env = _default_env(env_name)
     names = list(env.action_names)
     values = tuple(sorted(int(v) for v in _get(fields, "values")))
-    typed = [t for t in _formula_tokens(env_name, fields) if t != FORMULA_BLANK]
+    tokens = _formula_tokens(env_name, fields)
+    typed = [t for t in tokens if t != FORMULA_BLANK]
     plan = next((s for s in _solutions(env_name, values) if list(s[: len(typed)]) == typed), None)
+    if plan is None:  # off the minimal-parenthesis forms: can any completion still make it?
+        rest = completion(
+            typed,
+            values,
+            env.target,
+            "".join(op for op in env.operators if op in "+-*/"),
+            parentheses="(" in env.operators,
+            budget=env.max_formula_length - len(tokens),
+        )
+        plan = None if rest is None else (*typed, *rest)
     equals = names.index("=")
     if plan is None:
         reason = f"No formula from here makes {env.target}, so I end the game: '='."

@@ -147,3 +147,38 @@ def test_brief_style_replies_carry_thoughts_and_action_only(tokenizer):
         assert list(json.loads(text)) == ["thoughts", "action"]
     with pytest.raises(ValueError, match="style='short' is not a prompt style"):
         oracle_corrections("points24", fields, tokenizer, width=WIDTH, style="short")
+
+
+def _points24_state(ranks, tokens):
+    symbols = action_names("points24")
+    formula = np.full(21, -1, np.int32)
+    formula[: len(tokens)] = [symbols.index(t) for t in tokens]
+    return {
+        "ranks": np.asarray(ranks, np.int32),
+        "values": np.minimum(np.asarray(ranks, np.int32), 10),
+        "formula": formula,
+        "formula_length": np.int32(len(tokens)),
+    }
+
+
+@pytest.mark.parametrize(
+    ("ranks", "typed", "finishes"),
+    [
+        ((1, 2, 3, 4), "( 1 * 2", False),  # no minimal form starts so: ( 1 * 2 ) * 3 * 4 does
+        ((1, 2, 3, 4), "4 * ( 3 + 2 + 1 )", True),  # a redundant-parenthesis solution: finish
+        ((1, 2, 3, 4), "1 + 2 + 3 +", True),  # only + 4 is left: 10, nothing completes it
+        ((8, 3, 8, 3), "( 8", False),  # ( 8 / ( 3 - 8 / 3 ) )
+    ],
+)
+def test_the_oracle_finishes_only_where_no_completion_reaches_24(ranks, typed, finishes):
+    from gtr_turbo_jax.envs.cards.solver import completion
+    from gtr_turbo_jax.train.demos import expert_move
+
+    move = expert_move("points24", _points24_state(ranks, typed.split()))
+    names = action_names("points24")
+    assert (names[move.action] == "=") == finishes, move
+    assert move.solvable == (completion(typed.split(), ranks, 24) is not None)
+    if not finishes:  # the thought names a plan that starts with the typed prefix and makes 24
+        plan = move.reason.split("Plan: ")[1].split(" = ")[0].split()
+        assert plan[: len(typed.split())] == typed.split()
+        assert completion(plan, ranks, 24) == ()

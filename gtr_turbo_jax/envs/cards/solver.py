@@ -99,6 +99,149 @@ def solve_ezpoints(cards: Sequence[int], target: int = 12) -> list[str]:
     return solve(cards, target, operators="+*", parentheses=False)
 
 
+# A partial formula as the evaluator reads it: one (total, sign, term, pending op) per open
+# parenthesis, innermost last; `term` is None while the level waits for its first operand.
+_Level = tuple[Fraction, int, "Fraction | None", "str | None"]
+
+
+def _take_operand(levels: tuple[_Level, ...], value: Fraction) -> tuple[_Level, ...] | None:
+    total, sign, term, op = levels[-1]
+    if op == "/" and value == 0:
+        return None
+    term = value if op is None else term * value if op == "*" else term / value
+    return (*levels[:-1], (total, sign, term, None))
+
+
+def _after(levels, expecting_operand: bool, token: str):
+    """(levels, expecting_operand) after `token`, or None where the grammar forbids it."""
+    if token == "(":
+        return ((*levels, (Fraction(0), 1, None, None)), True) if expecting_operand else None
+    if expecting_operand:
+        if not token.isdigit():
+            return None
+        levels = _take_operand(levels, Fraction(min(int(token), 10)))
+        return None if levels is None else (levels, False)
+    total, sign, term, _ = levels[-1]
+    if token in "+-":
+        return (*levels[:-1], (total + sign * term, 1 if token == "+" else -1, None, None)), True
+    if token in "*/":
+        return (*levels[:-1], (total, sign, term, token)), True
+    if token == ")" and len(levels) > 1:
+        inner = _take_operand(levels[:-1], total + sign * term)
+        return None if inner is None else (inner, False)
+    return None
+
+
+def completion(
+    prefix: Sequence[str],
+    cards: Sequence[int],
+    target: int,
+    operators: str = "+-*/",
+    parentheses: bool = True,
+    budget: int = 20,
+) -> tuple[str, ...] | None:
+    """Tokens that complete `prefix` (the tokens typed so far, each card at most once) into a
+    formula equal to `target` that uses every card, at most `budget` of them; () when `prefix`
+    already is one; None when no completion exists (or `prefix` is malformed).
+
+    Judges any prefix, not only prefixes of `solve`'s minimal-parenthesis forms: `( 1 * 2` on
+    cards 1 2 3 4 completes with `) * 3 * 4`. The search appends whole operands (a card, or a
+    parenthesised group over several cards with any value `solve`'s expressions reach), so
+    redundant parentheses never multiply its states."""
+    remaining = sorted(min(int(c), 10) for c in cards)
+    state: tuple | None = ((Fraction(0), 1, None, None),), True
+    for token in prefix:
+        if token.isdigit():
+            if min(int(token), 10) not in remaining:
+                return None
+            remaining.remove(min(int(token), 10))
+        state = _after(*state, token)
+        if state is None:
+            return None
+    return _search(*state, tuple(remaining), operators, parentheses, Fraction(target), budget)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _search(levels, expecting_operand, remaining, operators, parentheses, target, budget):
+    """A completion of at most `budget` tokens from this state, or None."""
+    closes = len(levels) - 1
+    if 2 * len(remaining) - (1 if expecting_operand else 0) + closes > budget:
+        return None  # each card left needs itself and an operator, each open group its `)`
+    if expecting_operand:
+        operands = [((card,), Fraction(card), (str(card),)) for card in sorted(set(remaining))]
+        if parentheses:
+            operands += [
+                (group, value, ("(", *text.split(), ")"))
+                for group in _groups(remaining)
+                for value, text in _expressions(group, operators).items()
+            ]
+        for group, value, tokens in operands:
+            taken = _take_operand(levels, value)
+            if taken is None or len(tokens) > budget:
+                continue
+            rest = _without(remaining, group)
+            found = _search(
+                taken, False, rest, operators, parentheses, target, budget - len(tokens)
+            )
+            if found is not None:
+                return (*tokens, *found)
+        return None
+    total, sign, term, _ = levels[-1]
+    if len(levels) == 1 and not remaining:
+        return () if total + sign * term == target else None
+    for token in ((")",) if closes else ()) + tuple(operators):
+        nxt = _after(levels, False, token)
+        if nxt is None:
+            continue
+        found = _search(*nxt, remaining, operators, parentheses, target, budget - 1)
+        if found is not None:
+            return (token, *found)
+    return None
+
+
+def _without(cards: tuple[int, ...], group: tuple[int, ...]) -> tuple[int, ...]:
+    """`cards` minus one copy of each card of `group`."""
+    rest = list(cards)
+    for card in group:
+        rest.remove(card)
+    return tuple(rest)
+
+
+def _groups(cards: tuple[int, ...]):
+    """Every distinct sub-multiset of two or more of `cards` (sorted tuples)."""
+    seen = set()
+    for size in range(2, len(cards) + 1):
+        for index in itertools.combinations(range(len(cards)), size):
+            group = tuple(cards[i] for i in index)
+            if group not in seen:
+                seen.add(group)
+                yield group
+
+
+@functools.lru_cache(maxsize=4096)
+def _expressions(cards: tuple[int, ...], operators: str) -> dict[Fraction, str]:
+    """Every value an expression over exactly `cards` reaches, with one of its shortest texts."""
+    exprs = {1 << i: {Fraction(v): (str(v), _ATOM)} for i, v in enumerate(cards)}
+    for mask in sorted(range(1, 1 << len(cards)), key=lambda m: bin(m).count("1")):
+        if mask in exprs:
+            continue
+        out: dict[Fraction, tuple[str, int]] = {}
+        sub = (mask - 1) & mask
+        while sub:
+            for lv, left in exprs[sub].items():
+                for rv, right in exprs[mask ^ sub].items():
+                    for op in operators:
+                        if op == "/" and rv == 0:
+                            continue
+                        value = _apply(op, lv, rv)
+                        text, _ = _combine(left, op, right)
+                        if value not in out or len(text) < len(out[value][0]):
+                            out[value] = (text, _PRECEDENCE[op])
+            sub = (sub - 1) & mask
+        exprs[mask] = out
+    return {value: text for value, (text, _) in exprs[(1 << len(cards)) - 1].items()}
+
+
 def formula_actions(formula: str, action_names: Sequence[str], finish: bool = True) -> list[int]:
     """Action ids that type `formula` (space-separated tokens), then `=` if `finish`."""
     tokens = formula.split() + (["="] if finish else [])
