@@ -107,6 +107,7 @@ MEANINGS: dict[str, str] = {
     "rl.merge_interval": "updates between teacher merges",
     "rl.snapshot_capacity": "merge_window=ring: the policy snapshots (one per PPO epoch) the merge averages over, newest kept",
     "rl.dagger_capacity": "rows of the never-cleared DAgger buffer of teacher replies (gtr, turbo_sft)",
+    "rl.teacher_source": "turbo modes: merged (the policy's merged checkpoints, GTR-Turbo) or initial (the starting model for the whole run: the paper's static-teacher ablation)",
     "rl.dagger_sampling": "reservoir (a uniform sample of every correction so far, as GTR's never-cleared buffer) or ring (the latest rows only)",
     "rl.teacher_retries": "turbo_sft: samples again a teacher reply that does not parse, at temperature x1.1 per retry, capped at 0.9 (the authors')",
     # train

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from gtr_turbo_jax import rl
-from gtr_turbo_jax.cli import run_config
+from gtr_turbo_jax.train.run_config import read_run_config as run_config
 from gtr_turbo_jax.train.scoring import score_replies
 from gtr_turbo_jax.train.trainer import Trainer
 

@@ -64,27 +64,11 @@ def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return rest, overrides
 
 
-def _tuples(value: Any) -> Any:
-    """JSON lists back to tuples (config values such as `env.size` are tuples)."""
-    if isinstance(value, dict):
-        return {k: _tuples(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
-    return value
-
-
 def run_config(run_dir: str | Path):
-    """The resolved config a run directory was trained with (keys added since: their defaults)."""
-    import ml_collections
+    """`train.run_config.read_run_config`: the resolved config a run directory was trained with."""
+    from gtr_turbo_jax.train.run_config import read_run_config
 
-    from gtr_turbo_jax.train.run_config import validate, with_new_keys
-
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {str(run_dir)!r} a run directory?")
-    config = ml_collections.ConfigDict(_tuples(with_new_keys(json.loads(path.read_text()))))
-    validate(config)
-    return config
+    return read_run_config(run_dir)
 
 
 def build_config(args: argparse.Namespace, overrides: list[str]):
@@ -155,7 +139,7 @@ def cmd_sft(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
-    from gtr_turbo_jax.train.export import evaluate_run
+    from gtr_turbo_jax.train.commands import evaluate_run
 
     if overrides:
         raise UsageError("eval reads the run's config.json; it takes no --config overrides")
@@ -185,7 +169,7 @@ def cmd_plot(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
-    from gtr_turbo_jax.train.export import export_run
+    from gtr_turbo_jax.train.commands import export_run
 
     if overrides:
         raise UsageError("export reads the run's config.json; it takes no --config overrides")

@@ -24,6 +24,7 @@ KL_SCOPES = ("thought", "thought_action")
 RATIO_LEVELS = ("sequence", "token")
 ADVANTAGES = ("gae", "group")
 DAGGER_SAMPLINGS = ("reservoir", "ring")
+TEACHER_SOURCES = ("merged", "initial")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +82,9 @@ class UpdateConfig:
     reward (its rewards are the env's only). Default (`None`): `ignore` in `ppo`, `after_gae` in
     the other modes (see `format_reward_mode`).
 
-    Merge (turbo modes): every `merge_interval` updates the teacher becomes `theta_0 + merge(tau)`
+    Teacher (turbo modes), `teacher_source`: `merged` (GTR-Turbo) or `initial`, the starting model
+    kept as the teacher for the whole run (the paper's static-teacher ablation).
+    Merge (turbo modes, `merged`): every `merge_interval` updates the teacher becomes `theta_0 + merge(tau)`
     (`ties` or `linear`, with SMA weights) or `alpha * policy + (1 - alpha) * teacher` (`ema`).
     Snapshots are taken after every epoch. `merge_window`: `all` (the paper's SMA over every
     snapshot so far, kept as running sums: `rl.running_sums_push`) or `ring` (the last
@@ -129,6 +132,7 @@ class UpdateConfig:
     sft_coef: float = 1.0
     sft_minibatch_size: int | None = None
     format_reward_placement: str | None = None
+    teacher_source: str = "merged"
     merge_method: str = "ties"
     merge_space: str = "factored"
     merge_density: float = 0.8
@@ -155,6 +159,7 @@ class UpdateConfig:
         _choice("ratio_level", self.ratio_level, RATIO_LEVELS)
         _choice("advantage", self.advantage, ADVANTAGES)
         _choice("dagger_sampling", self.dagger_sampling, DAGGER_SAMPLINGS)
+        _choice("teacher_source", self.teacher_source, TEACHER_SOURCES)
         inf = math.inf
         for name, low, high, low_open in (
             ("gamma", 0.0, 1.0, False),

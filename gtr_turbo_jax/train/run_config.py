@@ -28,6 +28,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib.util
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,26 @@ def _update_defaults(small: bool, sampling_temperature: float) -> dict[str, Any]
     return defaults
 
 
+def read_run_config(run_dir: str | Path) -> ml_collections.ConfigDict:
+    """The resolved config a run directory was trained with (its `config.json`; keys added since
+    at their defaults, `with_new_keys`), validated."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {str(run_dir)!r} a run directory?")
+    config = ml_collections.ConfigDict(_tuples(with_new_keys(json.loads(path.read_text()))))
+    validate(config)
+    return config
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to tuples (config values such as `env.size` are tuples)."""
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
 def with_new_keys(saved: dict[str, Any]) -> dict[str, Any]:
     """A run's saved config (plain dicts) with the keys added since it was written, at their
     defaults (a new option's default keeps the earlier behaviour), so older runs still evaluate,
@@ -185,6 +206,10 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.rl.update(minibatch_size=4, grad_accum_steps=2, ppo_epochs=1)
     config.rl.update(dagger_capacity=32, snapshot_capacity=4)
     config.warm_start.update(steps=10, batch_size=4, demos=64)
+    if config.rl.advantage == "group":  # whole groups, and episodes that end inside a rollout
+        config.rl.group_size = 2
+        if "max_steps_in_episode" in config.env:
+            config.env.max_steps_in_episode = config.train.turns_per_update
     return config
 
 

@@ -35,6 +35,7 @@ from gtr_turbo_jax.rollout.metrics import thought_length
 from gtr_turbo_jax.rollout.multiturn import RolloutState, make_rollout
 from gtr_turbo_jax.train import live, sharding, teachers
 from gtr_turbo_jax.train.checkpoint import Checkpointer, CheckpointError
+from gtr_turbo_jax.train.export import export_model
 from gtr_turbo_jax.train.logger import EVAL_LEVELS_FILE, MetricsLogger
 from gtr_turbo_jax.train.run_config import ConfigError
 from gtr_turbo_jax.train.setup import RunSetup, build_model, build_setup, model_defs
@@ -286,8 +287,6 @@ class Trainer:
         """RUN_DIR/sft_model, written aside and moved in: a kill never leaves half of one (a
         fresh start replaces one from a run killed before its first checkpoint: the same seed
         writes the same model)."""
-        from gtr_turbo_jax.train.export import export_model
-
         final, partial = self.workdir / "sft_model", self.workdir / ".sft_model.partial"
         for stale in (partial, final):
             shutil.rmtree(stale, ignore_errors=True)

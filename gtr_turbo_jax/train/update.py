@@ -450,6 +450,8 @@ def _update_step(
     distance = jnp.zeros((), jnp.float32)
     if config.uses_teacher:
         merged_now = (state.update_count + 1) % config.merge_interval == 0
+        # `teacher_source="initial"`: the paper's static-teacher ablation (Fig. 6), never re-merged.
+        merged_now = merged_now & (config.teacher_source == "merged")
         teacher = jax.lax.cond(
             merged_now, lambda: merge_teacher(state, policy, config), lambda: state.teacher
         )

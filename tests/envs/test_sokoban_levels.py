@@ -21,13 +21,9 @@ from gtr_turbo_jax.envs.sokoban import (
     save_bank,
     solve,
 )
+from gtr_turbo_jax.envs.sokoban.generator import default_bank
 from gtr_turbo_jax.envs.sokoban.generator import main as generator_main
-from gtr_turbo_jax.envs.sokoban.levels import (
-    SHIPPED_BANKS,
-    count_boxes,
-    default_bank,
-    shipped_bank_path,
-)
+from gtr_turbo_jax.envs.sokoban.levels import SHIPPED_BANKS, count_boxes, shipped_bank_path
 
 SHIPPED = [((r, c), b) for r, c, b in SHIPPED_BANKS]
 DELTAS = [(-1, 0), (1, 0), (0, -1), (0, 1)]

@@ -375,3 +375,16 @@ def test_forward_kl_is_the_full_vocabulary_sum_under_the_teacher(checkpoint, sco
         means[estimator] = float(metrics["kl_mean"])
     np.testing.assert_allclose(means["forward"], want.mean(), rtol=1e-4)
     assert abs(means["k1"] - means["forward"]) > 1e-3 * means["forward"]
+
+
+def test_the_initial_teacher_is_never_re_merged(checkpoint, runs):
+    """`teacher_source="initial"` (the paper's static teacher): the merge update leaves the
+    teacher at the starting model, where the default (`runs`) moved it."""
+    config = KL_CONFIG.replace(teacher_source="initial")
+    defs, state = build_state(checkpoint, config, seed=0)
+    start = to_numpy(state.teacher)
+    for step in range(2):  # update 2 is a merge update under merge_interval=2
+        state, metrics = update_step(state, make_batch(step), defs, config)
+        assert metrics["merged"] == 0.0
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, start, to_numpy(state.teacher))))
+    assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, start, runs[0]["teachers"][2])))

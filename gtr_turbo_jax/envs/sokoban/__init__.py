@@ -2,12 +2,16 @@
 pure-Python twin of the same rules."""
 
 from gtr_turbo_jax.envs.sokoban.env import EnvParams, EnvState, Levels, Sokoban
-from gtr_turbo_jax.envs.sokoban.generator import generate_bank, generate_level, generate_split
+from gtr_turbo_jax.envs.sokoban.generator import (
+    default_bank,
+    generate_bank,
+    generate_level,
+    generate_split,
+)
 from gtr_turbo_jax.envs.sokoban.levels import (
     ACTION_NAMES,
     GRID_SYMBOLS,
     LevelBank,
-    default_bank,
     load_bank,
     parse_grid,
     save_bank,

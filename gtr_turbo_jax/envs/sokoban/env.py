@@ -28,7 +28,7 @@ from flax import struct
 from gymnax.environments import environment
 
 from gtr_turbo_jax.envs.base import VisualEnv
-from gtr_turbo_jax.envs.sokoban.generator import check_room
+from gtr_turbo_jax.envs.sokoban.generator import check_room, default_bank
 from gtr_turbo_jax.envs.sokoban.levels import (
     ACTION_DELTAS,
     ACTION_NAMES,
@@ -42,7 +42,6 @@ from gtr_turbo_jax.envs.sokoban.levels import (
     WALL,
     LevelBank,
     check_levels,
-    default_bank,
     load_bank,
 )
 from gtr_turbo_jax.envs.sokoban.render import make_atlas, tile_grid

@@ -13,6 +13,7 @@ dropped, so the train and test splits of `generate_split` are disjoint.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,17 +28,21 @@ from gtr_turbo_jax.envs.sokoban.levels import (
     PLAYER,
     PLAYER_ON_TARGET,
     SHIPPED_BANKS,
+    SPLITS,
     TARGET,
     WALL,
     LevelBank,
     bank_filename,
     load_bank,
     save_bank,
+    shipped_bank_path,
 )
 from gtr_turbo_jax.envs.sokoban.solver import solve
 
 __all__ = [
+    "GENERATED_ON_USE",
     "check_room",
+    "default_bank",
     "generate_bank",
     "generate_level",
     "generate_split",
@@ -242,6 +247,27 @@ def _progress_bar(total: int, desc: str, enabled: bool):
 
 def _assets_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "assets" / "sokoban"
+
+
+# Levels generated on first use for a size that is not shipped (train, test).
+GENERATED_ON_USE = (200, 50)
+
+
+@functools.lru_cache(maxsize=16)
+def default_bank(size: tuple[int, int], num_boxes: int, split: str) -> LevelBank:
+    """The shipped bank, or for an unshipped size one generated deterministically (and cached)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    path = shipped_bank_path(size, num_boxes, split)
+    if path is not None:
+        return load_bank(path, size, num_boxes)
+    n_train, n_test = GENERATED_ON_USE
+    seed = 1000 * size[0] + 10 * size[1] + num_boxes
+    try:
+        banks = generate_split(size, num_boxes, n_train, n_test, seed=seed)
+    except RuntimeError as err:
+        raise ValueError(f"no default Sokoban bank for {size[0]}x{size[1]}: {err}") from None
+    return banks[split]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,7 +10,6 @@ count and split, named `{rows}x{cols}_{boxes}box_{split}.npz`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib.resources
 import zipfile
 from collections.abc import Sequence
@@ -166,30 +165,10 @@ def shipped_bank_path(size: Sequence[int], num_boxes: int, split: str) -> Path |
 
 
 # Banks the package ships (size, boxes) -> (train levels, test levels, seed). The generator's
-# `--shipped` flag rewrites exactly these; an unshipped size is generated in memory on first use.
+# `--shipped` flag rewrites exactly these; an unshipped size is generated in memory on first use
+# (`generator.default_bank`).
 SHIPPED_BANKS: dict[tuple[int, int, int], tuple[int, int, int]] = {
     (6, 6, 1): (5000, 200, 0),
     (8, 8, 2): (3000, 200, 1),
     (10, 10, 4): (2000, 200, 2),
 }
-# Levels generated on first use for a size that is not shipped (train, test).
-GENERATED_ON_USE = (200, 50)
-
-
-@functools.lru_cache(maxsize=16)
-def default_bank(size: tuple[int, int], num_boxes: int, split: str) -> LevelBank:
-    """The shipped bank, or for an unshipped size one generated deterministically (and cached)."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    path = shipped_bank_path(size, num_boxes, split)
-    if path is not None:
-        return load_bank(path, size, num_boxes)
-    from gtr_turbo_jax.envs.sokoban.generator import generate_split  # generation is heavier
-
-    n_train, n_test = GENERATED_ON_USE
-    seed = 1000 * size[0] + 10 * size[1] + num_boxes
-    try:
-        banks = generate_split(size, num_boxes, n_train, n_test, seed=seed)
-    except RuntimeError as err:
-        raise ValueError(f"no default Sokoban bank for {size[0]}x{size[1]}: {err}") from None
-    return banks[split]
