@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Run order of the slow session: later pages use runs that earlier ones made.
 PAGES = ("README.md", "docs/index.md", "docs/quickstart.md", "docs/concepts.md",
          "docs/config_reference.md", "docs/environments.md", "docs/models.md", "docs/scaling.md",
-         "docs/plots.md", "docs/troubleshooting.md", "docs/results.md")  # fmt: skip
+         "docs/plots.md", "docs/troubleshooting.md", "docs/results.md", "docs/fidelity.md")  # fmt: skip
 SHELL = ("bash", "sh", "shell")
 SETUP_TARGETS = ("install", "install-all", "test", "test-slow", "test-all", "lint", "clean")
 MAKE_TRAIN_RECIPE = "$(PY) -m gtr_turbo_jax train --env=$(ENV) $(ARGS)"
