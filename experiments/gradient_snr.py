@@ -28,7 +28,7 @@ from gtr_turbo_jax.train.run_config import load_config
 from gtr_turbo_jax.train.scoring import score_replies
 from gtr_turbo_jax.train.state import init_train_state
 from gtr_turbo_jax.train.trainer import Trainer
-from gtr_turbo_jax.train.update import advantages_and_returns
+from gtr_turbo_jax.train.update import advantages_and_returns, trained_samples
 
 
 def batch_gradients(trainer: Trainer, num_batches: int) -> np.ndarray:
@@ -44,9 +44,7 @@ def batch_gradients(trainer: Trainer, num_batches: int) -> np.ndarray:
         rows = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
         kl = jnp.zeros((batch.num_samples,), jnp.float32)  # the teacher is the policy here
         shaped, _ = advantages_and_returns(batch, batch.value.astype(jnp.float32), kl, update)
-        trained = None  # group advantages: each env's first episode only, as the update
-        if update.advantage == "group":
-            trained = rl.first_episode_mask(batch.terminated, batch.truncated).reshape(-1)
+        trained = trained_samples(batch, update)  # as the update: group runs mask later episodes
         advantages = rl.normalize_advantages(shaped, trained, eps=update.advantage_eps)
 
         def objective(policy):

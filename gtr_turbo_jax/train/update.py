@@ -210,6 +210,14 @@ def advantages_and_returns(
     return shaped, shaped + values.reshape(-1)
 
 
+def trained_samples(batch: Batch, config: UpdateConfig) -> jax.Array:
+    """bool[turns * envs]: the samples the update trains on (under group advantages each env's
+    first episode of the rollout; otherwise all)."""
+    if config.advantage == "group":
+        return rl.first_episode_mask(batch.terminated, batch.truncated).reshape(-1)
+    return jnp.ones((batch.num_samples,), bool)
+
+
 def _update_step(
     state: TrainState, batch: Batch, defs: ModelDefs, config: UpdateConfig
 ) -> tuple[TrainState, Metrics]:
@@ -309,11 +317,7 @@ def _update_step(
     shaped, returns = advantages_and_returns(
         batch, old["value"].reshape(batch.turns, batch.envs), kl, config
     )
-    # Under group advantages only each env's first episode of the rollout is trained on.
-    if config.advantage == "group":
-        trained = rl.first_episode_mask(batch.terminated, batch.truncated).reshape(-1)
-    else:
-        trained = jnp.ones((num_samples,), bool)
+    trained = trained_samples(batch, config)
     normalized = rl.normalize_advantages(shaped, trained, eps=config.advantage_eps)
 
     # 4. DAgger buffer.
