@@ -57,6 +57,7 @@ MEANINGS: dict[str, str] = {
     "sampling.repetition_penalty": "rollout repetition penalty (HF's rule) on the prompt's and the reply's tokens so far (1.0: off)",
     "sampling.max_new_tokens": "most tokens in one reply (a reply cut at this length rarely parses)",
     "sampling.eval_temperature": "evaluation temperature; 0 plays greedily",
+    "sampling.constrain_action": 'after `"action": "` only a legal action\'s tokens may be sampled (rollouts and evaluation; not the paper\'s)',
     # format_reward
     "format_reward.valid": "added to the advantage of a reply that parses as the required JSON",
     "format_reward.invalid": "added to the advantage of a reply that does not parse",

@@ -3,6 +3,7 @@
     gtr-turbo train --env=sokoban                              # the tiny CPU default
     gtr-turbo train --config=configs/points24.py:qwen2.5-vl-3b --config.model.path=DIR
     gtr-turbo train --env=sokoban --config.rl.mode=ppo --config.train.updates=10 --workdir=runs/a
+    gtr-turbo train --env=my_pkg.corridor:Corridor             # an env class of your own package
     gtr-turbo train --workdir=runs/a --resume                  # continue where it stopped
     gtr-turbo eval runs/a --episodes=100 --gifs=4
     gtr-turbo plot runs/a runs/b                               # PNGs in runs/a/plots
@@ -72,9 +73,10 @@ def run_config(run_dir: str | Path):
 
 
 def build_config(args: argparse.Namespace, overrides: list[str]):
+    from gtr_turbo_jax.envs import DEFAULT_ENV
     from gtr_turbo_jax.train.run_config import apply_override, load_config, smoke, validate
 
-    spec = args.config or args.env
+    spec = args.config or args.env or DEFAULT_ENV
     config = load_config(spec, overrides)
     if args.mode:
         apply_override(config, f"rl.mode={args.mode}")
@@ -90,7 +92,8 @@ def build_config(args: argparse.Namespace, overrides: list[str]):
 
 def _default_workdir(config) -> Path:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{config.env.name}-{config.rl.mode}-{stamp}"
+    env = config.env.name.replace(":", ".")  # an env class of the user's: module:Class
+    return Path("runs") / f"{env}-{config.rl.mode}-{stamp}"
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -224,7 +227,8 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--env", default="sokoban", help="env name: picks configs/ENV.py")
+        p.add_argument("--env", help="env name: picks configs/ENV.py (default: envs.DEFAULT_ENV); "
+                       "or module:Class, an env class of your own package")  # fmt: skip
         p.add_argument("--config", help="a config file, configs/x.py[:model_size]")
         p.add_argument("--mode", choices=("ppo", "gtr", "turbo_sft", "turbo_kl"),
                        help="shortcut for --config.rl.mode")  # fmt: skip

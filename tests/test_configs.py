@@ -99,7 +99,7 @@ def test_bad_values_and_files_are_one_clear_line():
         load_config("chess")
     with pytest.raises(ConfigError, match="unknown env 'chess'"):
         load_config("sokoban", ["--config.env.name=chess"])
-    with pytest.raises(ConfigError, match="'prompt.positions'=True lists Sokoban's cells"):
+    with pytest.raises(ConfigError, match="'prompt.positions'=True adds the env's positions hint"):
         load_config("numberline", ["--config.prompt.positions=True"])
 
 
@@ -133,8 +133,8 @@ def test_group_advantages_need_whole_groups_and_whole_episodes():
     from gtr_turbo_jax.train.setup import build_setup
 
     group = ["--config.rl.advantage=group", "--config.train.turns_per_update=12"]
-    build_setup(load_config("sokoban", group))  # 16 envs in groups of 4, episodes of <= 12 turns
-    with pytest.raises(ConfigError, match=r"num_envs=16 is not a multiple of rl.group_size=3"):
+    build_setup(load_config("sokoban", group))  # 32 envs in groups of 4, episodes of <= 12 turns
+    with pytest.raises(ConfigError, match=r"num_envs=32 is not a multiple of rl.group_size=3"):
         load_config("sokoban", [*group, "--config.rl.group_size=3"])
     short = load_config("sokoban", [group[0], "--config.train.turns_per_update=8"])
     with pytest.raises(

@@ -1,5 +1,6 @@
 """The package's import graph, read statically (imports inside functions count too): no cycles,
-`rl/` imports nothing else of the package, and no library module imports the CLI."""
+`rl/` and `envs/` import nothing of the layers above, no library module imports the CLI, and no
+module outside `envs/` names an env or imports an env's package."""
 
 from __future__ import annotations
 
@@ -24,16 +25,9 @@ def import_graph() -> dict[str, set[str]]:
     modules = module_names()
     graph = {}
     for name, path in modules.items():
-        targets = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                targets |= {alias.name for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                targets.add(node.module)
-                targets |= {f"{node.module}.{alias.name}" for alias in node.names}
         graph[name] = {
             t
-            for t in targets
+            for t in imports_of(path)
             if t in modules and t != name and not name.startswith(t + ".")
             and modules[t].name != "__init__.py"
         }  # fmt: skip
@@ -88,3 +82,41 @@ def test_rl_stands_alone_and_the_library_never_imports_the_cli():
             assert all(t.startswith("gtr_turbo_jax.rl") for t in targets), (name, targets)
         if name not in ("gtr_turbo_jax.cli", "gtr_turbo_jax.__main__"):
             assert "gtr_turbo_jax.cli" not in targets, name
+
+
+def test_envs_import_nothing_of_the_layers_above():
+    graph = import_graph()
+    for name, targets in graph.items():
+        if name.startswith("gtr_turbo_jax.envs"):
+            assert all(t.startswith("gtr_turbo_jax.envs") for t in targets), (name, targets)
+
+
+def imports_of(path: Path) -> set[str]:
+    """What one file imports (`from pkg import a` counts `pkg` and `pkg.a`)."""
+    targets = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            targets |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return targets
+
+
+def test_only_envs_know_an_env_by_name():
+    """The layers above ask an env through its `AgentSpec`: no module outside `envs/` holds a
+    shipped env's name as a string, nor imports an env's own package."""
+    from gtr_turbo_jax.envs import ENVS
+
+    packages = {module for module, _, _ in ENVS.values()}  # gtr_turbo_jax.envs.sokoban, ...
+    above = {n: p for n, p in module_names().items() if not n.startswith("gtr_turbo_jax.envs")}
+    assert len(above) > 40  # the layers above were read
+    named, imported = [], []
+    for name, path in above.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in ENVS:
+                named.append(f"{name}:{node.lineno} {node.value!r}")
+        for target in imports_of(path):
+            if any(target == p or target.startswith(p + ".") for p in packages):
+                imported.append(f"{name} imports {target}")
+    assert named == []
+    assert imported == []

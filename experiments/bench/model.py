@@ -76,7 +76,7 @@ def _load_config(quick: bool):
 
 
 def bench_load(quick: bool, workdir: Path) -> dict:
-    from gtr_turbo_jax.models.testing import checkpoint_shapes, write_random_checkpoint
+    from gtr_turbo_jax.models.random_checkpoint import checkpoint_shapes, write_random_checkpoint
 
     config = _load_config(quick)
     n_params = sum(int(np.prod(s)) for s in checkpoint_shapes(config).values())
@@ -116,7 +116,7 @@ def bench_speed(quick: bool, workdir: Path) -> dict:
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from gtr_turbo_jax.models import from_pretrained, get_config
-    from gtr_turbo_jax.models.testing import write_random_checkpoint
+    from gtr_turbo_jax.models.random_checkpoint import write_random_checkpoint
 
     config = get_config("tiny")
     path = write_random_checkpoint(workdir / "tiny", config, seed=0)

@@ -4,7 +4,7 @@
 
 - generate: tokens/s of our jitted sampler (`rollout.sampler.sample`: prefill + KV-cache decode in
   one compiled call) against transformers' PyTorch `generate`, on the same random `tiny`
-  checkpoint (written with `models.testing`, loaded by `Qwen2_5_VLForConditionalGeneration`), the
+  checkpoint (written with `models.random_checkpoint`, loaded by `Qwen2_5_VLForConditionalGeneration`), the
   same batch of image prompts, prompt length and number of new tokens, and the paper's sampling
   settings (`do_sample=True`, temperature 0.2, top-k 5, repetition penalty 1.2). No EOS on either
   side, so both write exactly `max_new_tokens` per row. Runs alternate after a warm-up; medians
@@ -56,7 +56,7 @@ def bench_generate(quick: bool, workdir: Path, torch_threads: int) -> dict:
     from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
 
     from gtr_turbo_jax.models import from_pretrained, get_config
-    from gtr_turbo_jax.models.testing import write_random_checkpoint
+    from gtr_turbo_jax.models.random_checkpoint import write_random_checkpoint
     from gtr_turbo_jax.rollout.sampler import SamplingConfig, sample
 
     torch.set_num_threads(torch_threads)
@@ -162,7 +162,7 @@ def _rollout_pair(
     from gtr_turbo_jax.envs.sokoban import PySokoban
     from gtr_turbo_jax.models import LoRAConfig, ValueHead, from_pretrained, get_config
     from gtr_turbo_jax.models.defs import ModelDefs
-    from gtr_turbo_jax.models.testing import write_random_checkpoint
+    from gtr_turbo_jax.models.random_checkpoint import write_random_checkpoint
     from gtr_turbo_jax.rollout.host import make_host_rollout
     from gtr_turbo_jax.rollout.multiturn import make_rollout
     from gtr_turbo_jax.rollout.sampler import SamplingConfig

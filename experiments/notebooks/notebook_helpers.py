@@ -104,7 +104,7 @@ def write_tiny_model_dir(path: str | os.PathLike[str], size: str = "micro", seed
     """A complete local Hugging Face model directory of a named tiny size: random weights
     (`config.json`, `model.safetensors`) plus the shipped tiny tokenizer and image processor
     files, which `--config.model.path` needs beside the weights."""
-    from gtr_turbo_jax.models.testing import write_random_checkpoint
+    from gtr_turbo_jax.models.random_checkpoint import write_random_checkpoint
     from gtr_turbo_jax.text.tokenizer import tiny_tokenizer_path
 
     if size not in ("micro", "tiny"):

@@ -1,20 +1,26 @@
 """Pure-JAX environments on the gymnax 1.0 contract.
 
-`make(name, **overrides) -> (env, params)` builds one by name. An override is either a constructor
-argument of the env (static: shapes, sizes, options) or a field of its `EnvParams` (values that may
-change without recompiling: rewards, step limits). The envs are also registered with gymnax, so
+`make(name, **overrides) -> (env, params)` builds one by name: a shipped env's (`ENVS`) or
+`"module:Class"`, an env class of the user's own package (gymnax / Gymnasium's entry-point form).
+An override is either a constructor argument of the env (static: shapes, sizes, options) or a field
+of its `EnvParams` (values that may change without recompiling: rewards, step limits). The envs are also registered with gymnax, so
 `gymnax.make("Sokoban-gtr")` works (constructor arguments only there).
+
+`agent_spec(name_or_env)` is what the agent must know of an env (`envs.agent.AgentSpec`: prompt
+wording, reply format, expert, grounding), which every env class carries.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
 from typing import Any
 
 import gymnax.registration
 
+from gtr_turbo_jax.envs.agent import AgentSpec
 from gtr_turbo_jax.envs.base import VisualEnv
 from gtr_turbo_jax.envs.wrappers import EarlyTermination, EpisodeStatistics, StepWrapper
 
@@ -26,13 +32,28 @@ ENVS: dict[str, tuple[str, str, str]] = {
     "numberline": ("gtr_turbo_jax.envs.cards", "NumberLine", "NumberLine-gtr"),
     "blackjack": ("gtr_turbo_jax.envs.cards", "Blackjack", "Blackjack-gtr"),
 }
+DEFAULT_ENV = "sokoban"  # the command line's `--env` when none is given
 
 
 def env_class(name: str) -> type[VisualEnv]:
-    if name not in ENVS:
-        raise ValueError(f"unknown env {name!r}; valid names: {', '.join(ENVS)}")
-    module, cls, _ = ENVS[name]
-    return getattr(importlib.import_module(module), cls)
+    """The class of a shipped env's name (`ENVS`), or of `"module:Class"` (imported here)."""
+    if name in ENVS:
+        module, cls, _ = ENVS[name]
+    else:
+        module, _, cls = name.partition(":")
+        if not module or not cls:
+            raise ValueError(
+                f"unknown env {name!r}; valid names: {', '.join(ENVS)}, or module:Class of your own"
+            )
+    try:
+        found = getattr(importlib.import_module(module), cls, None)
+    except ImportError as err:
+        raise ValueError(f"env {name!r}: cannot import {module!r}: {err}") from None
+    if found is None:
+        raise ValueError(f"env {name!r}: module {module!r} has no {cls!r}")
+    if not (isinstance(found, type) and issubclass(found, VisualEnv)):
+        raise ValueError(f"env {name!r}: {module}.{cls} is not a VisualEnv subclass")
+    return found
 
 
 def make(name: str, **overrides: Any) -> tuple[VisualEnv, Any]:
@@ -53,6 +74,45 @@ def make(name: str, **overrides: Any) -> tuple[VisualEnv, Any]:
     return env, params.replace(**param_args)
 
 
+def override_defaults(name: str) -> dict[str, Any]:
+    """The overrides `make(name, ...)` accepts that have a plain default (a number, a string, a
+    bool or a tuple of those), with that default: constructor arguments, then `EnvParams` fields.
+    What a config's `env` section lists when no config file does (a user's env class)."""
+
+    def plain(value: Any) -> bool:
+        if isinstance(value, tuple):
+            return all(map(plain, value))
+        return isinstance(value, (bool, int, float, str))
+
+    cls = env_class(name)
+    ctor = inspect.signature(cls.__init__).parameters
+    found = {k: p.default for k, p in ctor.items() if k != "self" and plain(p.default)}
+    params = cls().default_params
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        if f.name not in found and plain(value):
+            found[f.name] = value
+    return found
+
+
+@functools.cache
+def default_env(name: str) -> VisualEnv:
+    """The env `name` with no overrides, built once: the constants (action names, symbols, target)
+    its expert and grounding grammar read."""
+    return make(name)[0]
+
+
+def agent_spec(env: str | VisualEnv | type[VisualEnv]) -> AgentSpec:
+    """What the agent must know of `env` (a name, an env or an env class)."""
+    spec = env_class(env).agent_spec if isinstance(env, str) else env.agent_spec
+    if spec is None:
+        raise ValueError(
+            f"env {env!r} has no agent spec: set `agent_spec = envs.agent.AgentSpec(...)` on its "
+            "class (the prompt text and reply format)"
+        )
+    return spec
+
+
 def _register_with_gymnax() -> None:
     for name, (_, _, gymnax_id) in ENVS.items():
         if gymnax_id not in gymnax.registration.registered_envs:
@@ -62,11 +122,16 @@ def _register_with_gymnax() -> None:
 _register_with_gymnax()
 
 __all__ = [
+    "DEFAULT_ENV",
     "ENVS",
+    "AgentSpec",
     "EarlyTermination",
     "EpisodeStatistics",
     "StepWrapper",
     "VisualEnv",
+    "agent_spec",
+    "default_env",
     "env_class",
     "make",
+    "override_defaults",
 ]

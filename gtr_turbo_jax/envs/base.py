@@ -8,7 +8,9 @@ On top of that a `VisualEnv`:
 - exposes the fields a prompt needs as fixed-shape arrays (`prompt_fields`), so that prompts can be
   assembled inside jit;
 - clips out-of-range actions into `[0, num_actions)` inside jit (the documented rule; host code that
-  can raise, such as the host adapter, raises instead).
+  can raise, such as the host adapter, raises instead);
+- carries its `agent_spec` (`envs.agent.AgentSpec`): the prompt's wording and reply format, and the
+  optional expert and grounding grammar; the layers above ask the env through it, never by name.
 
 Static configuration (shapes, sizes) lives on the env object, which is hashed by identity and is a
 static argument of jit; values that may change without recompiling (rewards, step limits, level
@@ -18,17 +20,21 @@ banks) live in `EnvParams`, a pytree.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 from gymnax.environments import environment, spaces
+
+from gtr_turbo_jax.envs.agent import AgentSpec
 
 
 class VisualEnv(environment.Environment):
     """Base class: observation = `{"image": uint8[H, W, 3], **prompt_fields}`."""
 
     action_names: tuple[str, ...] = ()
+    # What the agent is told of the env (`envs.agent`); None: it cannot be trained by the CLI.
+    agent_spec: ClassVar[AgentSpec | None] = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

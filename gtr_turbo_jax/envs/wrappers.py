@@ -40,6 +40,10 @@ class StepWrapper(VisualEnv):
         return f"{self._env.name}+{type(self).__name__}"
 
     @property
+    def agent_spec(self) -> Any:  # a wrapper changes steps, not what the agent is told
+        return self._env.agent_spec
+
+    @property
     def default_params(self) -> Any:
         return self._env.default_params
 

@@ -19,7 +19,8 @@ Metrics (floats, METHOD.md sections 3 and 5, thoughts from the valid replies onl
                   least two valid replies (nan if none)
   thought_len     mean words per thought (nan if no valid reply)
   grounding       mean fraction of true claims per thought that makes a claim (`metrics.GRAMMAR`),
-                  checked against the true state (nan if no thought made one)
+                  checked against the true state (nan if no thought made one, or if the env has
+                  no grounding grammar)
   no_effect_rate  moves after which the state was unchanged (a Sokoban move into a wall or a
                   stuck box, a rejected card), over the moves followed by another turn of their
                   episode (nan if none, or if the env has no state fields); a greedy policy
@@ -151,7 +152,9 @@ def episode_metrics(env_name: str, episodes: Sequence[EpisodeRecord]) -> dict[st
         "thought_len": _mean([float(eval_metrics.thought_length(t)) for t, _ in flat]),
         "grounding": eval_metrics.mean_grounding(
             eval_metrics.grounding(env_name, t, f) for t, f in flat
-        ),
+        )
+        if eval_metrics.has_grounding(env_name)
+        else math.nan,
         "no_effect_rate": _mean(_no_effect_moves(episodes)),
     }
 
@@ -253,8 +256,7 @@ def make_evaluator(
     record: keep the frames of the first `record` episodes (for `EpisodeRecord.save_gif`).
     constraint, reply_fn: as in `make_rollout` (a scripted policy for tests).
     """
-    if env_name not in envs.ENVS:
-        raise ValueError(f"unknown env {env_name!r}; valid names: {', '.join(envs.ENVS)}")
+    envs.env_class(env_name)  # an unknown name is one clear error before anything is built
     if max_turns is None:
         if not hasattr(env_params, "max_steps_in_episode"):
             raise ValueError(

@@ -1,9 +1,10 @@
-"""Per-env prompt templates, assembled into fixed-length token arrays inside jit.
+"""Prompt templates, assembled into fixed-length token arrays inside jit.
 
 A prompt is the chat template around one user turn: the image placeholder (`<|image_pad|>` x N)
-and the env's text (RL4VLM's wording for the card games, RAGEN/VAGEN's rules and symbols for
-Sokoban, all asking for the JSON reply whose last key is `"action"`). The text has static parts and
-dynamic slots (the Points24/EZPoints formula, the Sokoban grid, optionally the last K actions).
+and the env's text in the chosen style, all asking for the JSON reply whose last key is `"action"`.
+The env's `AgentSpec` (`envs.agent`) gives the wording, the reply format and the dynamic slots
+(a formula, a grid, the optional positions hint); this module adds the generic parts: the reply
+rule, the optional last K actions, the tokenization.
 On the host, `make_template`
 tokenizes the static parts once and, for each slot, a table of the token ids of every symbol
 rendering; inside jit, `assemble` gathers the slot rows from the env's `prompt_fields` and compacts
@@ -11,7 +12,7 @@ everything with a cumulative-sum scatter.
 
 Tokenizing the pieces apart equals tokenizing the whole text only if no BPE pre-token crosses a
 piece boundary. With Qwen2's split regex that holds when every slot symbol is rendered as a space
-followed by the symbol (a row's last Sokoban cell also carries the newline), and the static text
+followed by the symbol (a grid row's last cell also carries the newline), and the static text
 after a slot starts with a space; `tests/text/test_prompts.py` checks the equality on random
 states of every env.
 
@@ -21,7 +22,7 @@ at index `max_length - 1`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,140 +32,26 @@ import jax.numpy as jnp
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from gtr_turbo_jax import envs
+from gtr_turbo_jax.envs.agent import AgentSpec, Slot
 from gtr_turbo_jax.text.tokenizer import IMAGE_PAD_TOKEN, encode_chat, image_user_turn
 
 JSON_RULE = (
     " Reply with one valid JSON object and nothing else, in this format: {reply}. The value of"
     ' "action" must be exactly one of the actions listed above.'
 )
-FORMULA_RULES = (
-    " Each turn you choose one of {actions}; the number or operator you choose is appended to"
-    " the formula, and '=' ends the game. 'J', 'Q' and 'K' count as '10'. The goal is a formula"
-    " that evaluates to {target} and uses the number of every card exactly once. A '_' in the"
-    " formula marks a number that was not among the unused cards and was dropped."
-)
-
 HISTORY_TEXT = " Your previous actions, oldest first:{history} (end of actions)."
-# Sokoban's optional symbolic hint (`positions=True`): where the player, boxes and targets are.
-# A model reads positions off the grid by counting rows and columns, which a tiny CPU model does
-# not learn in minutes (its rotary attention has no absolute positions); listed, they are a copy.
-POSITIONS_TEXT = " Cells as (row, column):{player}{box}{target} (end of cells)."
-
-# Content follows RL4VLM's gym_cards prompts (card games) and RAGEN/VAGEN's Sokoban prompt (goal,
-# symbols, rules, the meaning of each move), in our own words. The text around a slot keeps the
-# tokenization rule of the module docstring: a slot is preceded by any text and followed by a space.
-TEXTS: dict[str, str] = {
-    "points24": (
-        "You are an expert 24 points card game player. You are observing four cards in the image."
-        " The current formula is:{formula} (end of formula)."
-        + FORMULA_RULES.format(
-            actions="'1', '2', '3', '4', '5', '6', '7', '8', '9', '10', '+', '-', '*', '/', '(',"
-            " ')', '='",
-            target=24,
-        )
-    ),
-    "ezpoints": (
-        "You are an expert card game player. You are observing two cards in the image. The"
-        " current formula is:{formula} (end of formula)."
-        + FORMULA_RULES.format(
-            actions="'1', '2', '3', '4', '5', '6', '7', '8', '9', '10', '+', '*', '='", target=12
-        )
-    ),
-    "numberline": (
-        "You are playing a game called number line. The image shows a target number and a current"
-        " number, both between 0 and 5. Your goal is to move the current number to the target:"
-        " each turn choose '+' to add one to the current number or '-' to subtract one."
-    ),
-    "blackjack": (
-        "You are a blackjack player. You are observing the current game state in the image: the"
-        " dealer's face-up card and your cards. You can choose between 'stand' (keep your hand and"
-        " let the dealer play) and 'hit' (take one more card). You win with a total closer to 21"
-        " than the dealer's without going over 21; an ace counts 1 or 11, 'J', 'Q' and 'K' count"
-        " 10."
-    ),
-    "sokoban": (
-        "You are a Sokoban solver. Goal: push every box onto a target. Symbols: '#' wall, '_'"
-        " floor, 'O' target, 'X' box, '√' box on a target, 'P' you, 'S' you on a target. Rules:"
-        " you can push a box by walking into it, but never pull it or push two boxes at once; you"
-        " cannot walk through walls. Actions: 'Up' moves you to the row above, 'Down' to the row"
-        " below, 'Left' to the column on the left, 'Right' to the column on the right. Positions"
-        " are (row, column), counted from (0, 0) at the top-left cell. The current grid, row by"
-        " row:\n{grid} Choose your next action."
-    ),
-}
-# The card games ask for the state fields before the thoughts (RL4VLM); every thought is asked to
-# state what it sees first, in the words `rollout/metrics.py`'s grounding grammar reads.
-REPLIES: dict[str, str] = {
-    "points24": (
-        '{"cards": [x, y, z, w], "formula": "the current formula", "thoughts": "first read the'
-        " cards and the formula, then check whether the formula equals 24: if so choose '=',"
-        ' otherwise think about which number or operator to append to reach 24", "action":'
-        ' "a number or an operator"}'
-    ),
-    "ezpoints": (
-        '{"cards": [x, y], "formula": "the current formula", "thoughts": "first read the cards and'
-        " the formula, then check whether the formula is complete: if so choose '=', otherwise"
-        ' think about which number or operator to append to reach 12", "action": "a number or an'
-        ' operator"}'
-    ),
-    "numberline": (
-        '{"current number": x, "target number": y, "thoughts": "first read the current and target'
-        ' numbers, then think about which action brings the current number closer to the target",'
-        ' "action": "+" or "-"}'
-    ),
-    "blackjack": (
-        '{"thoughts": "first say your total and the dealer\'s card, then think about which action'
-        ' to choose", "action": "stand" or "hit"}'
-    ),
-    "sokoban": (
-        '{"thoughts": "first say where you, the boxes and the targets are, as (row, column), then'
-        ' think about which move brings a box closer to a target", "action": "Up" or "Down" or'
-        ' "Left" or "Right"}'
-    ),
-}
-FORMULA_BLANK = "_"  # how a rejected number's blank is written in the prompt
-
 # The "brief" style: the same slots and reply format in a few words, for tiny models on a CPU where
 # every prompt token is paid for in each rollout prefill and each update's forward and backward
 # (the Sokoban prompt shrinks from ~430 to ~170 tokens with the tiny tokenizer). Real models get the
 # full wording (the default).
-BRIEF_TEXTS: dict[str, str] = {
-    "points24": "Cards in the image. Formula:{formula} (end). Reach 24 using every card once.",
-    "ezpoints": "Cards in the image. Formula:{formula} (end). Reach 12 using both cards once.",
-    "numberline": "Number line: move the current number to the target with '+' or '-'.",
-    "blackjack": "Blackjack: 'stand' or 'hit'; get closer to 21 than the dealer, never over.",
-    "sokoban": (
-        "Sokoban: push the box onto the target. '#' wall, '_' floor, 'O' target, 'X' box, '√' box"
-        " on target, 'P' you, 'S' you on target. Grid:\n{grid} Next move?"
-    ),
-}
-BRIEF_REPLIES: dict[str, str] = {
-    "points24": '{"thoughts": "...", "action": "a number or an operator"}',
-    "ezpoints": '{"thoughts": "...", "action": "a number or an operator"}',
-    "numberline": '{"thoughts": "...", "action": "+" or "-"}',
-    "blackjack": '{"thoughts": "...", "action": "stand" or "hit"}',
-    "sokoban": '{"thoughts": "...", "action": "Up" or "Down" or "Left" or "Right"}',
-}
 BRIEF_JSON_RULE = " Reply in JSON: {reply}."
 # The "compact" style: the state alone (the grid, the cells, the formula), no rules and no reply
 # format, for tiny models that learn both from the warm start's demonstrations. Every prompt token
 # is paid for in each rollout prefill and in each update's forward and backward: the tiny Sokoban
 # prompt is 109 tokens instead of the brief style's 218, which is most of an update's work.
-COMPACT_TEXTS: dict[str, str] = {**BRIEF_TEXTS, "sokoban": "Grid:\n{grid}"}
-COMPACT_POSITIONS_TEXT = " Cells:{player}{box}{target}"
-STYLES = ("full", "brief", "compact")
-
-
-@dataclass(frozen=True)
-class Slot:
-    """A dynamic piece: `symbols(fields) -> (int32[P] rows of the table, bool[P] present)`."""
-
-    name: str
-    renderings: tuple[str, ...]  # row r of the table is the tokenization of renderings[r]
-    symbols: Callable[[Mapping[str, jax.Array]], tuple[jax.Array, jax.Array]]
-    # Tokens the slot can take at most, given each rendering's token count; None: every position
-    # at its longest rendering.
-    max_tokens: Callable[[np.ndarray], int] | None = None
+RULES = {"full": JSON_RULE, "brief": BRIEF_JSON_RULE, "compact": ""}
+STYLES = tuple(RULES)
 
 
 @jax.tree_util.register_static
@@ -178,76 +65,8 @@ class PromptTemplate:
     max_length: int  # the longest prompt any state can give
     pad_id: int
     history_length: int = 0  # K: the prompt lists the last K actions (`fields["history"]`)
-    style: str = "full"  # "full" wording or "brief" (see BRIEF_TEXTS)
-    positions: bool = False  # Sokoban: the prompt lists the player, box and target cells
-
-
-def _formula_slot(env: Any) -> Slot:
-    symbols = tuple(" " + (FORMULA_BLANK if s.strip() == "" else s) for s in env.formula_symbols)
-
-    def rows(fields):
-        formula = jnp.asarray(fields["formula"], jnp.int32)
-        return formula, jnp.arange(formula.shape[0]) < fields["formula_length"]
-
-    return Slot("formula", symbols, rows)
-
-
-def _grid_slot(env: Any) -> Slot:
-    from gtr_turbo_jax.envs.sokoban import levels
-
-    symbols = levels.GRID_SYMBOLS
-    # Rows 0..n-1: a cell; rows n..2n-1: the same cell ending its row (with the newline).
-    renderings = tuple(" " + s for s in symbols) + tuple(" " + s + "\n" for s in symbols)
-    height, width = env.size
-
-    def rows(fields):
-        grid = jnp.asarray(fields["grid"], jnp.int32)
-        last_column = (jnp.arange(width) == width - 1)[None, :]
-        ids = grid + jnp.where(last_column, len(symbols), 0)
-        return ids.reshape(-1), jnp.ones(height * width, bool)
-
-    def max_tokens(lengths: np.ndarray) -> int:
-        # Walls and floor fill any cell; the other symbols have a few cells at most: one player
-        # (P or S), num_boxes boxes (X or √) and num_boxes bare targets (O). Each of those can
-        # cost a cell's wall-or-floor length plus its own extra.
-        n = len(symbols)
-        plain = [max(lengths[o + levels.WALL], lengths[o + levels.FLOOR]) for o in (0, n)]
-        total = height * ((width - 1) * plain[0] + plain[1])
-
-        def extra(*symbols: int) -> int:  # the most one such cell adds to a plain one
-            return max(
-                0, *(lengths[o + s] - plain[i] for i, o in enumerate((0, n)) for s in symbols)
-            )
-
-        player = extra(levels.PLAYER, levels.PLAYER_ON_TARGET)
-        per_box = extra(levels.BOX, levels.BOX_ON_TARGET) + extra(levels.TARGET)
-        return total + player + env.num_boxes * per_box
-
-    return Slot("grid", renderings, rows, max_tokens)
-
-
-def _cells_slot(env: Any, kind: str) -> Slot:
-    """The cells of one kind of thing (`kind`: player, box or target), row-major, as
-    " kind (row, column)" each. One slot per kind keeps `max_length` tight (their words differ in
-    token count)."""
-    from gtr_turbo_jax.envs.sokoban import levels
-
-    height, width = env.size
-    renderings = tuple(f" {kind} ({r}, {c})" for r in range(height) for c in range(width))
-    codes = {
-        "box": (levels.BOX, levels.BOX_ON_TARGET),
-        "target": (levels.TARGET, levels.BOX_ON_TARGET, levels.PLAYER_ON_TARGET),
-    }
-
-    def rows(fields):
-        if kind == "player":
-            player = jnp.asarray(fields["player"], jnp.int32)
-            return (player[0] * width + player[1])[None], jnp.ones(1, bool)
-        grid = jnp.asarray(fields["grid"]).reshape(-1)
-        (cells,) = jnp.nonzero(jnp.isin(grid, jnp.asarray(codes[kind])), size=env.num_boxes)
-        return cells.astype(jnp.int32), jnp.ones(env.num_boxes, bool)
-
-    return Slot(kind, renderings, rows)
+    style: str = "full"  # one of STYLES
+    positions: bool = False  # the prompt adds the env's positions hint (`AgentSpec.positions`)
 
 
 def _history_slot(env: Any) -> Slot:
@@ -261,35 +80,24 @@ def _history_slot(env: Any) -> Slot:
 
 
 def _slots(
-    env_name: str, env: Any, history_length: int = 0, positions: bool = False
+    spec: AgentSpec, env: Any, history_length: int = 0, positions: bool = False
 ) -> dict[str, Slot]:
-    slots = {}
-    if env_name in ("points24", "ezpoints"):
-        slots["formula"] = _formula_slot(env)
-    if env_name == "sokoban":
-        slots["grid"] = _grid_slot(env)
-        if positions:
-            slots.update({kind: _cells_slot(env, kind) for kind in ("player", "box", "target")})
+    slots = dict(spec.slots(env))
+    if positions:
+        slots.update(spec.positions.slots(env))
     if history_length:
         slots["history"] = _history_slot(env)
     return slots
 
 
 def _user_text(
-    env_name: str, history_length: int, style: str = "full", positions: bool = False
+    spec: AgentSpec, history_length: int, style: str = "full", positions: bool = False
 ) -> str:
     """The env's text with `{slot}` fields (and `{reply}`), before formatting."""
-    texts, cells, rule = {
-        "full": (TEXTS, POSITIONS_TEXT, JSON_RULE),
-        "brief": (BRIEF_TEXTS, POSITIONS_TEXT, BRIEF_JSON_RULE),
-        "compact": (COMPACT_TEXTS, COMPACT_POSITIONS_TEXT, ""),
-    }[style]
-    hints = (cells if positions else "") + (HISTORY_TEXT if history_length else "")
-    return texts[env_name] + hints + rule
-
-
-def _reply_format(env_name: str, style: str) -> str:
-    return (REPLIES if style == "full" else BRIEF_REPLIES)[env_name]
+    hints = (spec.positions.texts[style] if positions else "") + (
+        HISTORY_TEXT if history_length else ""
+    )
+    return spec.texts[style] + hints + RULES[style]
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[int, ...]:
@@ -305,31 +113,37 @@ def make_template(
     style: str = "full",
     positions: bool = False,
 ) -> PromptTemplate:
-    """The template of `env_name` (`envs.make(env_name)[0]` is `env`) under `tokenizer`.
+    """The template of `env_name` (`envs.make(env_name)[0]` is `env`) under `tokenizer`, worded
+    by the env's `AgentSpec`.
 
-    `style`: "full" (the anchors' wording, the default), "brief" (`BRIEF_TEXTS`, for tiny models)
-    or "compact" (`COMPACT_TEXTS`: the state only; the tiny Sokoban default).
+    `style`: "full" (the anchors' wording, the default), "brief" (a few words, for tiny models)
+    or "compact" (the state only, no reply format; the tiny Sokoban default).
 
     `history_length` K > 0 adds the agent's last K actions to the prompt (RAGEN/VAGEN tell the
     agent the action just taken): `assemble` then reads `fields["history"]`, int32[K] action ids,
     oldest first, -1 for none (the rollout keeps it in its carry, it is not env state).
 
-    `positions` (Sokoban only) lists the player's, the boxes' and the targets' cells after the grid
-    (`POSITIONS_TEXT`), derived from the grid inside jit.
+    `positions` adds the env's positions hint (`AgentSpec.positions`: Sokoban lists the player's,
+    the boxes' and the targets' cells after the grid, derived from the grid inside jit).
     """
-    if env_name not in TEXTS:
-        raise ValueError(f"no prompt for env {env_name!r}; valid: {', '.join(TEXTS)}")
+    spec = envs.agent_spec(env_name)
     if num_image_tokens < 1:
         raise ValueError(f"num_image_tokens={num_image_tokens}: need at least 1")
     if not isinstance(history_length, int) or history_length < 0:
         raise ValueError(f"history_length={history_length!r}: need an int >= 0 (0: no history)")
     if style not in STYLES:
         raise ValueError(f"prompt style={style!r} is not supported; valid: {', '.join(STYLES)}")
-    if positions and env_name != "sokoban":
-        raise ValueError(f"positions=True lists Sokoban's cells; {env_name!r} has none")
-    slots = _slots(env_name, env, history_length, positions)
-    text = _user_text(env_name, history_length, style, positions).format(
-        reply=_reply_format(env_name, style), **{k: "\0" + k + "\0" for k in slots}
+    if style not in spec.texts:
+        raise ValueError(
+            f"env {env_name!r} has no {style!r} prompt; its styles: {', '.join(spec.texts)}"
+        )
+    if positions and (spec.positions is None or style not in spec.positions.texts):
+        raise ValueError(
+            f"positions=True adds the env's positions hint; {env_name!r} has none in style {style!r}"
+        )
+    slots = _slots(spec, env, history_length, positions)
+    text = _user_text(spec, history_length, style, positions).format(
+        reply=spec.replies[style], **{k: "\0" + k + "\0" for k in slots}
     )
     chat = tokenizer.apply_chat_template(
         [image_user_turn(text)], tokenize=False, add_generation_prompt=True
@@ -420,14 +234,13 @@ def assemble(
 def prompt_text(template: PromptTemplate, env: Any, fields: Mapping[str, Any]) -> str:
     """The user text of one state on the host (plain Python): what `assemble` tokenizes."""
     values = {}
-    slots = _slots(template.env_name, env, template.history_length, template.positions)
+    spec = envs.agent_spec(template.env_name)
+    slots = _slots(spec, env, template.history_length, template.positions)
     for name, slot in slots.items():
         symbols, present = (np.asarray(a) for a in slot.symbols(fields))
         values[name] = "".join(slot.renderings[s] for s, p in zip(symbols, present) if p)
-    text = _user_text(
-        template.env_name, template.history_length, template.style, template.positions
-    )
-    return text.format(reply=_reply_format(template.env_name, template.style), **values)
+    text = _user_text(spec, template.history_length, template.style, template.positions)
+    return text.format(reply=spec.replies[template.style], **values)
 
 
 def encode_prompt(

@@ -6,8 +6,8 @@ Sections (every key has a default here; an env file changes what differs for its
 - `model`: `size` (a named config: micro, tiny, qwen2.5-vl-3b, qwen2.5-vl-7b), `path` (a local
   Hugging Face directory; empty: random init of `size`, the tiny CPU default), `dtype`, LoRA
   (`lora_rank` 0: every parameter trains), the value head's hidden `value_widths`;
-- `prompt`: `style` (full / brief / compact), `history_length`, `positions` (Sokoban: list the player, box
-  and target cells in the prompt, the tiny default's symbolic hint);
+- `prompt`: `style` (full / brief / compact), `history_length`, `positions` (the env's positions hint,
+  `AgentSpec.positions`: Sokoban lists the player, box and target cells, the tiny default's hint);
 - `sampling`: the rollout sampler (the paper: temperature 0.2, top-k 5, repetition penalty 1.2;
   the tiny presets: no penalty, their thoughts copy the prompt's cells);
   `eval_temperature` 0 plays greedily at evaluation;
@@ -21,6 +21,8 @@ Sections (every key has a default here; an env file changes what differs for its
 `load_config("configs/sokoban.py:tiny", ["--config.rl.kl_beta=0.5"])` is how the CLI builds one:
 the part after `:` is passed to `get_config` (the model size), each override is type-checked against
 the default's type, and an unknown key or a wrong type is one `ConfigError` line naming the key.
+An env class of the user's own package, `load_config("my_pkg.corridor:Corridor")`, has no config
+file: its config is `base_config` with an `env` section read off the class (`env_class_config`).
 """
 
 from __future__ import annotations
@@ -98,6 +100,8 @@ def base_config(env: dict[str, Any], model: str = "tiny") -> ml_collections.Conf
                 "repetition_penalty": 1.0 if small else 1.2,
                 "max_new_tokens": 96 if small else 256,
                 "eval_temperature": 0.0,
+                # Not the paper's: a legal action after `"action": "` (`rollout.constraint`).
+                "constrain_action": False,
             },
             # Mode `gtr` reads `gtr_valid` / `gtr_invalid` where set (None: the same values).
             "format_reward": {
@@ -226,8 +230,45 @@ def resolve_path(spec: str) -> tuple[Path, str | None]:
     return file, (arg or None)
 
 
+def env_class_reference(spec: str) -> tuple[str, str] | None:
+    """`module:Class[:model]`, an env class of the user's own package -> (env name, model size);
+    None for a config file or a shipped config's name (`points24`, `points24:tiny`)."""
+    module, _, rest = spec.partition(":")
+    if not rest or module.endswith(".py") or module in shipped_configs():
+        return None
+    cls, _, model = rest.partition(":")
+    return f"{module}:{cls}", model or "tiny"
+
+
+def env_class_config(name: str, model: str = "tiny") -> ml_collections.ConfigDict:
+    """The config of an env class that has no config file: `base_config`, its `env` section every
+    override `envs.make` accepts (with a plain default) at that default; no warm start when the
+    env has no expert."""
+    from gtr_turbo_jax import envs
+
+    try:
+        overrides = envs.override_defaults(name)
+        agent = envs.agent_spec(name)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(str(err)) from None
+    config = base_config({"name": name, **overrides}, model)
+    if agent.expert is None:
+        config.warm_start.steps = 0
+    return config
+
+
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    """Loads `configs/<env>.py[:model]` (or a bare env name) and applies `--config.a.b=value`s."""
+    """Loads `configs/<env>.py[:model]` (or a bare env name), or the default config of an env
+    class, `module:Class[:model]` (`env_class_config`), and applies `--config.a.b=value`s."""
+    reference = env_class_reference(spec)
+    config = env_class_config(*reference) if reference else _config_file(spec)
+    for override in overrides:
+        apply_override(config, override)
+    validate(config)
+    return config
+
+
+def _config_file(spec: str) -> ml_collections.ConfigDict:
     file, arg = resolve_path(spec)
     module_spec = importlib.util.spec_from_file_location(f"_gtr_config_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
@@ -237,11 +278,7 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
         raise ConfigError(f"config file {str(file)!r} failed to load: {err}") from err
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {str(file)!r} has no get_config()")
-    config = module.get_config(arg) if arg is not None else module.get_config()
-    for override in overrides:
-        apply_override(config, override)
-    validate(config)
-    return config
+    return module.get_config(arg) if arg is not None else module.get_config()
 
 
 def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
@@ -319,8 +356,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for section in ("env", "model", "prompt", "sampling", "format_reward", "rl", "train"):
         if section not in config:
             raise ConfigError(f"config has no {section!r} section")
-    if config.env.get("name") not in envs.ENVS:
-        raise ConfigError(f"unknown env {config.env.get('name')!r}; valid: {', '.join(envs.ENVS)}")
+    name = config.env.get("name")
+    try:
+        agent = envs.agent_spec(str(name))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if config.model.size not in NAMED_CONFIGS:
         raise ConfigError(
             f"config key 'model.size'={config.model.size!r}: valid: {', '.join(NAMED_CONFIGS)}"
@@ -340,16 +380,28 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"config key 'prompt.style'={config.prompt.style!r}: valid: {', '.join(STYLES)}"
         )
-    if config.prompt.positions and config.env.name != "sokoban":
+    if config.prompt.style not in agent.texts:
         raise ConfigError(
-            f"config key 'prompt.positions'=True lists Sokoban's cells; env {config.env.name!r} "
-            "has none (set it False)"
+            f"config key 'prompt.style'={config.prompt.style!r}: env {config.env.name!r} has "
+            f"prompts in {', '.join(agent.texts)}"
+        )
+    hint = agent.positions.texts if agent.positions else {}
+    if config.prompt.positions and config.prompt.style not in hint:
+        raise ConfigError(
+            f"config key 'prompt.positions'=True adds the env's positions hint; env "
+            f"{config.env.name!r} has none in style {config.prompt.style!r} (set it False)"
         )
     if config.prompt.history_length < 0:
         raise ConfigError(
             f"config key 'prompt.history_length'={config.prompt.history_length}: need >= 0"
         )
     ws = config.get("warm_start")
+    # The warm start's demonstrations and mode `gtr`'s oracle are the env's expert.
+    no_expert = f"env {name!r} has no expert (AgentSpec.expert)"
+    if ws is not None and ws.steps > 0 and agent.expert is None:
+        raise ConfigError(f"config key 'warm_start.steps'={ws.steps}: {no_expert}; set it 0")
+    if config.rl.mode == "gtr" and agent.expert is None:
+        raise ConfigError(f"config key 'rl.mode'='gtr' reads the expert's replies: {no_expert}")
     if ws is not None:
         for key, ok, need in (
             ("steps", ws.steps >= 0, "an int >= 0 (0: no warm start)"),
@@ -414,6 +466,8 @@ __all__ = [
     "ConfigError",
     "apply_override",
     "base_config",
+    "env_class_config",
+    "env_class_reference",
     "env_overrides",
     "load_config",
     "smoke",

@@ -28,6 +28,7 @@ from gtr_turbo_jax.models import (
     get_config,
     load_config,
 )
+from gtr_turbo_jax.rollout.constraint import ActionConstraint, make_action_constraint
 from gtr_turbo_jax.rollout.sampler import SamplingConfig
 from gtr_turbo_jax.text.image import ImageConfig, num_image_tokens
 from gtr_turbo_jax.text.parse import ReplySpec, make_reply_spec
@@ -53,6 +54,7 @@ class RunSetup:
     image_config: ImageConfig
     sampling: SamplingConfig  # rollouts
     eval_sampling: SamplingConfig  # evaluation (greedy at eval_temperature 0)
+    constraint: ActionConstraint | None  # the legal-action automaton (`sampling.constrain_action`)
     model_config: ModelConfig
     lora: LoRAConfig | None
     update: UpdateConfig
@@ -151,6 +153,13 @@ def build_setup(config: ml_collections.ConfigDict) -> RunSetup:
         positions=config.prompt.positions,
     )
     spec = make_reply_spec(tokenizer, env.action_names)
+    # `sampling.constrain_action`: once a reply writes `"action": "`, only a legal action can follow
+    # (rollouts and evaluation; PPO's log-probs stay the model's own, as with top-k).
+    constraint = (
+        make_action_constraint(tokenizer, env.action_names, vocab_size=model_config.text.vocab_size)
+        if config.sampling.constrain_action
+        else None
+    )
     special = special_token_ids(tokenizer)
     sampling_args = dict(
         max_new_tokens=config.sampling.max_new_tokens,
@@ -183,6 +192,7 @@ def build_setup(config: ml_collections.ConfigDict) -> RunSetup:
         image_config=image_config,
         sampling=sampling,
         eval_sampling=eval_sampling,
+        constraint=constraint,
         model_config=model_config,
         lora=lora,
         update=update_config(config),

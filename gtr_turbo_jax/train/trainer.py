@@ -117,6 +117,7 @@ class Trainer:
             setup.sampling,
             self.defs,
             format_reward=setup.format_reward,
+            constraint=setup.constraint,
             group_size=setup.update.rollout_group_size,
         )
         self._evaluator = None
@@ -172,6 +173,7 @@ class Trainer:
                 setup.tokenizer,
                 num_episodes=self.config.train.eval_episodes,
                 record=self.config.train.record_episodes,
+                constraint=setup.constraint,
             )
         return self._evaluator
 

@@ -7,9 +7,9 @@ import pytest
 from card_play import deal, play, rewards, typed
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.cards_reference import FormulaGameReference
 
 from gtr_turbo_jax.envs.cards import EZPoints, formula_actions, solve_ezpoints
-from gtr_turbo_jax.envs.cards.reference import FormulaGameReference
 
 
 @pytest.fixture(scope="module")

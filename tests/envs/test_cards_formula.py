@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from support.cards_reference import evaluate
 
 from gtr_turbo_jax.envs.cards import Points24, evaluate_formula
 from gtr_turbo_jax.envs.cards.formula import symbol_tables
-from gtr_turbo_jax.envs.cards.reference import evaluate
 
 SYMBOLS = Points24().formula_symbols  # "1".."10" + - * / ( ) and the blank
 LENGTH = 21

@@ -1,5 +1,5 @@
 """Points24: hand-worked cases for every reward branch, a property test against the pure-Python
-reference (`reference.py`), the deal, the picture, and batching (jit + vmap over 1024 envs)."""
+reference (`tests/support/cards_reference.py`), the deal, the picture, and batching (jit + vmap over 1024 envs)."""
 
 import jax
 import jax.numpy as jnp
@@ -8,9 +8,9 @@ import pytest
 from card_play import deal, play, rewards, typed
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.cards_reference import FormulaGameReference
 
 from gtr_turbo_jax.envs.cards import Points24, formula_actions, solve24
-from gtr_turbo_jax.envs.cards.reference import FormulaGameReference
 from gtr_turbo_jax.envs.cards.solver import solvable_table
 
 

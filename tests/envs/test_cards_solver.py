@@ -6,9 +6,9 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from support.cards_reference import evaluate
 
 from gtr_turbo_jax.envs.cards import Points24, formula_actions, solve, solve24, solve_ezpoints
-from gtr_turbo_jax.envs.cards.reference import evaluate
 from gtr_turbo_jax.envs.cards.solver import solvable_table
 
 

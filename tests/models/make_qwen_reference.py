@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _qwen_cases import CASES, REFERENCE_DIR, make_inputs, reference_path, torch_logits  # noqa: E402
 
-from gtr_turbo_jax.models.testing import write_random_checkpoint  # noqa: E402
+from gtr_turbo_jax.models.random_checkpoint import write_random_checkpoint  # noqa: E402
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from gtr_turbo_jax.models import from_pretrained, save_pretrained
-from gtr_turbo_jax.models.testing import write_random_checkpoint
+from gtr_turbo_jax.models.random_checkpoint import write_random_checkpoint
 
 GRID = np.array([[1, 4, 8]])  # 32 patches -> 8 image tokens
 

@@ -11,7 +11,7 @@ from _qwen_cases import GQA, IMAGE, PAD, VISION_END, VISION_START
 from flax import nnx
 
 from gtr_turbo_jax.models import from_pretrained
-from gtr_turbo_jax.models.testing import write_random_checkpoint
+from gtr_turbo_jax.models.random_checkpoint import write_random_checkpoint
 
 GRID = (1, 4, 4)  # 16 patches -> 4 image tokens per row
 N_DECODE = 4

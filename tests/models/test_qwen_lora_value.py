@@ -20,7 +20,7 @@ from gtr_turbo_jax.models import (
     save_pretrained,
 )
 from gtr_turbo_jax.models.layers import Linear
-from gtr_turbo_jax.models.testing import write_random_checkpoint
+from gtr_turbo_jax.models.random_checkpoint import write_random_checkpoint
 
 GRID = np.array([[1, 4, 4]])
 LORA = LoRAConfig(rank=4, alpha=8.0, dropout=0.1)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from _qwen_cases import CASES, make_inputs, our_logits, reference_path, torch_logits
 
-from gtr_turbo_jax.models.testing import write_random_checkpoint
+from gtr_turbo_jax.models.random_checkpoint import write_random_checkpoint
 
 TOLERANCE = 1e-4
 STALE_TOLERANCE = 5e-5

@@ -26,7 +26,7 @@ from PIL import Image
 from gtr_turbo_jax import envs
 from gtr_turbo_jax.envs.sokoban import LevelBank, parse_grid
 from gtr_turbo_jax.models import ValueHead, from_pretrained, get_config
-from gtr_turbo_jax.models.testing import write_random_checkpoint
+from gtr_turbo_jax.models.random_checkpoint import write_random_checkpoint
 from gtr_turbo_jax.rollout import metrics
 from gtr_turbo_jax.rollout.evaluate import (
     METRIC_NAMES,

@@ -20,7 +20,7 @@ from gtr_turbo_jax.envs.host import HostEnvAdapter
 from gtr_turbo_jax.envs.sokoban import PySokoban
 from gtr_turbo_jax.envs.wrappers import EpisodeStatistics
 from gtr_turbo_jax.models import LoRAConfig, ValueHead, from_pretrained, get_config
-from gtr_turbo_jax.models.testing import write_random_checkpoint
+from gtr_turbo_jax.models.random_checkpoint import write_random_checkpoint
 from gtr_turbo_jax.rollout.host import _episode_statistics, make_host_rollout
 from gtr_turbo_jax.rollout.multiturn import EPISODE_METRICS, make_rollout
 from gtr_turbo_jax.rollout.sampler import SampleOutput, SamplingConfig

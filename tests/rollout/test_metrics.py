@@ -335,7 +335,7 @@ def test_mean_grounding_skips_thoughts_without_claims():
 
 
 def test_unknown_env_is_one_clear_error():
-    with pytest.raises(ValueError, match="no grounding grammar for env 'chess'"):
+    with pytest.raises(ValueError, match="unknown env 'chess'"):
         metrics.grounding("chess", "", {})
     with pytest.raises(ValueError, match="fields lack 'current'"):
         metrics.describe_state("numberline", {"target": np.array(1)})

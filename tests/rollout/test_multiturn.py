@@ -14,7 +14,7 @@ from flax import nnx
 
 from gtr_turbo_jax import envs
 from gtr_turbo_jax.models import LoRAConfig, ValueHead, from_pretrained, get_config
-from gtr_turbo_jax.models.testing import write_random_checkpoint
+from gtr_turbo_jax.models.random_checkpoint import write_random_checkpoint
 from gtr_turbo_jax.rollout.multiturn import make_rollout, stacked_patches
 from gtr_turbo_jax.rollout.sampler import SampleOutput, SamplingConfig
 from gtr_turbo_jax.text import replies

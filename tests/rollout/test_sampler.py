@@ -12,7 +12,7 @@ from flax import nnx
 
 from gtr_turbo_jax.models import from_pretrained, get_config
 from gtr_turbo_jax.models.config import TextConfig, VisionConfig
-from gtr_turbo_jax.models.testing import write_random_checkpoint
+from gtr_turbo_jax.models.random_checkpoint import write_random_checkpoint
 from gtr_turbo_jax.rl.logprob import token_logprobs
 from gtr_turbo_jax.rollout.constraint import make_action_constraint
 from gtr_turbo_jax.rollout.sampler import (

@@ -8,6 +8,7 @@ import re
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from support.automaton import feed
 
 from gtr_turbo_jax.rollout import logits_processors as lp
 from gtr_turbo_jax.rollout.constraint import (
@@ -158,15 +159,6 @@ def tokenizer():
     return load_tokenizer(tiny_tokenizer_path())
 
 
-def _feed(table: np.ndarray, tokens: list[int]) -> int:
-    state = 0
-    for token in tokens:
-        state = int(table[state, token])
-        if state < 0:
-            return -1
-    return state
-
-
 @pytest.mark.parametrize("trigger", [ACTION_TRIGGER, ""])
 def test_token_automaton_accepts_exactly_the_legal_replies(tokenizer, trigger):
     """Random token sequences biased towards the trigger and the action names: the automaton
@@ -180,7 +172,7 @@ def test_token_automaton_accepts_exactly_the_legal_replies(tokenizer, trigger):
         tokens = [t for i in rng.integers(0, len(pieces), rng.integers(1, 7)) for t in piece_ids[i]]
         text = tokenizer.decode(tokens)
         legal = reference_legal(text, trigger=trigger)
-        assert (_feed(table, tokens) >= 0) == legal, (text, tokens)
+        assert (feed(table, tokens) >= 0) == legal, (text, tokens)
         verdicts.append(legal)
     assert min(sum(verdicts), len(verdicts) - sum(verdicts)) >= 20  # both kinds were exercised
 
@@ -189,7 +181,7 @@ def test_token_automaton_masks_eos_only_inside_the_value(tokenizer):
     table = np.asarray(make_action_constraint(tokenizer, ACTIONS).next_state)
     eos = tokenizer.eos_token_id
     prefix = tokenizer('{"thoughts": "a", "action": "', add_special_tokens=False)["input_ids"]
-    inside = _feed(table, prefix)
+    inside = feed(table, prefix)
     assert table[0, eos] == 0 and inside > 0 and table[inside, eos] == -1
     allowed = {tokenizer.decode([t]) for t in np.flatnonzero(table[inside] >= 0)}
     # Every allowed first token is a prefix of some `name"` (or overshoots a closed one).
@@ -216,7 +208,7 @@ def test_token_automaton_handles_tokens_spanning_the_trigger():
         table[i, : len(piece)] = np.frombuffer(piece, np.uint8)
     lengths = np.asarray([len(p) for p in vocab], np.int32)
     automaton = token_automaton(table, lengths, delta, in_value)
-    assert _feed(automaton, [0, 1]) == 0  # 'x "a' + 'b"': trigger, legal value, closed
-    assert _feed(automaton, [2, 3, 5]) == -1  # 'x' ' "' 'c'
-    assert _feed(automaton, [2, 3, 4, 6]) == -1  # EOS-like empty token inside the value
-    assert _feed(automaton, [5, 6, 2]) >= 0  # empty token outside is fine
+    assert feed(automaton, [0, 1]) == 0  # 'x "a' + 'b"': trigger, legal value, closed
+    assert feed(automaton, [2, 3, 5]) == -1  # 'x' ' "' 'c'
+    assert feed(automaton, [2, 3, 4, 6]) == -1  # EOS-like empty token inside the value
+    assert feed(automaton, [5, 6, 2]) >= 0  # empty token outside is fine

@@ -79,7 +79,7 @@ def test_every_symbol_tokenizes_alone_as_in_context(tokenizer):
 
 def test_unknown_env_is_one_clear_error(tokenizer):
     env, _ = envs.make("numberline")
-    with pytest.raises(ValueError, match="no prompt for env 'chess'"):
+    with pytest.raises(ValueError, match="unknown env 'chess'"):
         prompts.make_template("chess", env, tokenizer, 4)
 
 
@@ -164,7 +164,7 @@ def test_positions_list_the_cells_of_the_grid(tokenizer, style, size, num_boxes)
             cells = [(r, c) for r in range(size[0]) for c in range(size[1]) if grid[r, c] in codes]
             assert len(cells) == num_boxes
             listed += [f" {kind} ({r}, {c})" for r, c in cells]
-        wording = prompts.COMPACT_POSITIONS_TEXT if style == "compact" else prompts.POSITIONS_TEXT
+        wording = envs.agent_spec("sokoban").positions.texts[style]
         cells_text = wording.format(
             player=listed[0],
             box="".join(listed[1 : 1 + num_boxes]),
@@ -173,9 +173,9 @@ def test_positions_list_the_cells_of_the_grid(tokenizer, style, size, num_boxes)
         assert cells_text in prompts.prompt_text(template, env, fields)
 
 
-def test_positions_are_for_sokoban_only(tokenizer):
+def test_positions_are_for_envs_with_a_positions_hint_only(tokenizer):
     env, _ = envs.make("numberline")
-    with pytest.raises(ValueError, match="positions=True lists Sokoban's cells"):
+    with pytest.raises(ValueError, match="positions=True adds the env's positions hint; 'numb"):
         prompts.make_template("numberline", env, tokenizer, 4, positions=True)
 
 
@@ -188,9 +188,10 @@ def test_grid_slot_bound_is_the_longest_grid_exactly(tokenizer, num_boxes):
     from types import SimpleNamespace
 
     from gtr_turbo_jax.envs.sokoban import levels as lv
+    from gtr_turbo_jax.envs.sokoban.agent import grid_slot
 
     rows, cols = 3, 4
-    slot = prompts._grid_slot(SimpleNamespace(size=(rows, cols), num_boxes=num_boxes))
+    slot = grid_slot(SimpleNamespace(size=(rows, cols), num_boxes=num_boxes))
     lengths = np.asarray([len(prompts._encode(tokenizer, r)) for r in slot.renderings])
     n = len(lv.GRID_SYMBOLS)
     bound = slot.max_tokens(lengths)

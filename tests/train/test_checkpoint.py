@@ -28,7 +28,7 @@ from flax import struct
 from orbax.checkpoint._src.path import atomicity  # the commit (rename) step, to make it fail
 
 from gtr_turbo_jax.envs.wrappers import EpisodeStatisticsState
-from gtr_turbo_jax.models.testing import write_random_checkpoint
+from gtr_turbo_jax.models.random_checkpoint import write_random_checkpoint
 from gtr_turbo_jax.rollout.multiturn import RolloutState
 from gtr_turbo_jax.train import checkpoint as checkpoint_module
 from gtr_turbo_jax.train.checkpoint import Checkpointer, CheckpointError, CheckpointWarning

@@ -14,10 +14,11 @@ import json
 import jax
 import numpy as np
 import pytest
+from support.cards_reference import FormulaGameReference
 
 from gtr_turbo_jax import envs
-from gtr_turbo_jax.envs.cards.reference import FormulaGameReference
 from gtr_turbo_jax.envs.sokoban import PySokoban, default_bank, make_atlas, parse_grid
+from gtr_turbo_jax.envs.sokoban.expert import STUCK_ACTION
 from gtr_turbo_jax.envs.sokoban.render import tile_grid_np
 from gtr_turbo_jax.rollout.metrics import grounding
 from gtr_turbo_jax.text import replies
@@ -26,7 +27,7 @@ from gtr_turbo_jax.text.prompts import encode_prompt, make_template
 from gtr_turbo_jax.text.tokenizer import load_tokenizer, tiny_tokenizer_path
 from gtr_turbo_jax.train import demos as D
 
-FULL_KEYS = {  # the keys the full prompts ask for before the thoughts (`text.prompts.REPLIES`)
+FULL_KEYS = {  # the keys the full prompts ask for before the thoughts (`AgentSpec.replies`)
     "points24": ["cards", "formula"],
     "ezpoints": ["cards", "formula"],
     "numberline": ["current number", "target number"],
@@ -64,7 +65,7 @@ def test_sokoban_dead_box_gets_the_fallback():
     grid = parse_grid("######\n#X__O#\n#__P_#\n######")
     fields = {"grid": grid, "player": np.asarray([2, 3], np.int32)}
     move = D.expert_move("sokoban", fields)
-    assert move == (D.SOKOBAN_STUCK_ACTION, move.reason, False)
+    assert move == (STUCK_ACTION, move.reason, False)
     assert "No box can reach a target" in move.reason
 
 
@@ -252,7 +253,7 @@ STATES = {
 
 
 @pytest.mark.parametrize("style", ["full", "brief"])
-@pytest.mark.parametrize("env_name", D.ENV_NAMES)
+@pytest.mark.parametrize("env_name", list(envs.ENVS))
 def test_replies_parse_as_their_action_with_true_thoughts(env_name, style):
     names = _env(env_name).action_names
     rng = np.random.default_rng(0)
@@ -322,7 +323,7 @@ def test_collect_steps_the_env_with_the_named_actions(sokoban):
     assert 0 < restarts < 10
     with pytest.raises(ValueError, match="noise=1.5"):
         D.collect_demos("sokoban", env, params, key, 4, noise=1.5)
-    with pytest.raises(ValueError, match="no expert for env 'chess'"):
+    with pytest.raises(ValueError, match="unknown env 'chess'"):
         D.expert_action("chess", {})
 
 

@@ -21,7 +21,7 @@ import pytest
 from _train_cases import MODEL_CONFIG, build_state, make_batch
 from jax.sharding import PartitionSpec as P
 
-from gtr_turbo_jax.models.testing import write_random_checkpoint
+from gtr_turbo_jax.models.random_checkpoint import write_random_checkpoint
 from gtr_turbo_jax.train.config import UpdateConfig
 from gtr_turbo_jax.train.sharding import (
     fsdp_spec,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from _train_cases import ENVS, MODEL_CONFIG, PPO_CONFIG, TURNS, build_state, make_batch
 
-from gtr_turbo_jax.models.testing import write_random_checkpoint
+from gtr_turbo_jax.models.random_checkpoint import write_random_checkpoint
 from gtr_turbo_jax.rollout.batch import Batch
 from gtr_turbo_jax.train.config import UpdateConfig
 from gtr_turbo_jax.train.update import advantages_and_returns, update_step

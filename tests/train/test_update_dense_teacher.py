@@ -30,7 +30,7 @@ from _train_cases import (
 from flax import nnx
 
 from gtr_turbo_jax.models import ValueHead, from_pretrained
-from gtr_turbo_jax.models.testing import write_random_checkpoint
+from gtr_turbo_jax.models.random_checkpoint import write_random_checkpoint
 from gtr_turbo_jax.rl import merge_lora
 from gtr_turbo_jax.rollout.batch import Batch
 from gtr_turbo_jax.train.state import init_train_state, kernel_deltas, lora_pairs, teacher_weights

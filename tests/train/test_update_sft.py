@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from _train_cases import ENVS, MODEL_CONFIG, TURNS, build_state, make_batch
 
-from gtr_turbo_jax.models.testing import write_random_checkpoint
+from gtr_turbo_jax.models.random_checkpoint import write_random_checkpoint
 from gtr_turbo_jax.train.config import UpdateConfig
 from gtr_turbo_jax.train.update import update_step
 

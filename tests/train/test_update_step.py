@@ -25,7 +25,7 @@ from _train_cases import (
 from flax import nnx
 
 from gtr_turbo_jax.models import LoRAConfig
-from gtr_turbo_jax.models.testing import write_random_checkpoint
+from gtr_turbo_jax.models.random_checkpoint import write_random_checkpoint
 from gtr_turbo_jax.train.config import UpdateConfig, learning_rate_at
 from gtr_turbo_jax.train.scoring import score_replies
 from gtr_turbo_jax.train.update import update_step

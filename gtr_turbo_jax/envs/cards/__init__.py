@@ -1,8 +1,10 @@
 """The gym_cards games of RL4VLM in pure JAX: Points24, EZPoints, NumberLine, Blackjack.
 
 Rules follow RL4VLM's `gym_cards` and Gymnasium's `blackjack.py` (METHOD.md section 5); each module
-documents its rules and the points where we chose. Host-side solvers live in `solver.py`, a plain
-Python transcription of the formula games' rules in `reference.py`.
+documents its rules and the points where we chose. Host-side solvers live in `solver.py` (a plain
+Python transcription of the formula games' rules is the tests' `support/cards_reference.py`). What
+the agent is told of each game is in `agent.py` (`AgentSpec`), with the experts in `expert.py` and
+the thought-grounding grammars in `grounding.py`.
 """
 
 from gtr_turbo_jax.envs.cards.blackjack import Blackjack, BlackjackParams, BlackjackState

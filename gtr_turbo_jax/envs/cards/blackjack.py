@@ -25,6 +25,7 @@ from gymnax.environments import environment
 
 from gtr_turbo_jax.envs.base import VisualEnv
 from gtr_turbo_jax.envs.cards import render
+from gtr_turbo_jax.envs.cards.agent import BLACKJACK
 from gtr_turbo_jax.envs.cards.sampling import below, random_words
 
 PLAYER_CAPACITY = 22  # 21 aces make 21; the 22nd card busts
@@ -66,6 +67,7 @@ class Blackjack(VisualEnv):
     """No constructor overrides; params `max_steps_in_episode=300`, `natural=False`, `sab=False`."""
 
     action_names = ("stand", "hit")
+    agent_spec = BLACKJACK
 
     CARD_HEIGHT, CARD_WIDTH = 84, 60
     CARDS_PER_ROW, ROWS = 5, 2

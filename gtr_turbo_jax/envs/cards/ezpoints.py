@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from gtr_turbo_jax.envs.cards.agent import EZPOINTS
 from gtr_turbo_jax.envs.cards.formula import FormulaCardGame
 from gtr_turbo_jax.envs.cards.sampling import below, coin, random_words
 
@@ -24,6 +25,7 @@ class EZPoints(FormulaCardGame):
     num_cards = 2
     operators = ("+", "*")
     image_width = 224
+    agent_spec = EZPOINTS
 
     def __init__(self, max_formula_length: int = 5):
         super().__init__(TARGET, max_formula_length)

@@ -22,6 +22,7 @@ from gymnax.environments import environment
 
 from gtr_turbo_jax.envs.base import VisualEnv
 from gtr_turbo_jax.envs.cards import render
+from gtr_turbo_jax.envs.cards.agent import NUMBERLINE
 from gtr_turbo_jax.envs.cards.checks import check_int
 from gtr_turbo_jax.envs.cards.sampling import below, random_words
 
@@ -44,6 +45,7 @@ class NumberLine(VisualEnv):
     `goal_reward=1.0`, `penalty=-1.0` (params)."""
 
     action_names = ("-", "+")
+    agent_spec = NUMBERLINE
 
     HEIGHT, WIDTH = 224, 280
     TEXT_SCALE, DIGIT_SCALE = 4, 3

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gtr_turbo_jax.envs.cards.agent import POINTS24
 from gtr_turbo_jax.envs.cards.checks import check_bool
 from gtr_turbo_jax.envs.cards.formula import FormulaCardGame
 from gtr_turbo_jax.envs.cards.sampling import below, random_words
@@ -24,6 +25,7 @@ class Points24(FormulaCardGame):
     num_cards = 4
     operators = ("+", "-", "*", "/", "(", ")")
     image_width = 448
+    agent_spec = POINTS24
 
     def __init__(self, target: int = 24, max_formula_length: int = 20, solvable_only: bool = False):
         check_bool("solvable_only", solvable_only)

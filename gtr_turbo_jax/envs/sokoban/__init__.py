@@ -1,5 +1,6 @@
-"""Sokoban: the pure-JAX env, its level banks (reverse-play generator, shortest-path solver) and a
-pure-Python twin of the same rules."""
+"""Sokoban: the pure-JAX env, its level banks (reverse-play generator, shortest-path solver), a
+pure-Python twin of the same rules, and what the agent is told of it (`agent.py`: the `AgentSpec`,
+with the expert in `expert.py` and the thought-grounding grammar in `grounding.py`)."""
 
 from gtr_turbo_jax.envs.sokoban.env import EnvParams, EnvState, Levels, Sokoban
 from gtr_turbo_jax.envs.sokoban.generator import (

@@ -28,6 +28,7 @@ from flax import struct
 from gymnax.environments import environment
 
 from gtr_turbo_jax.envs.base import VisualEnv
+from gtr_turbo_jax.envs.sokoban.agent import AGENT
 from gtr_turbo_jax.envs.sokoban.generator import check_room, default_bank
 from gtr_turbo_jax.envs.sokoban.levels import (
     ACTION_DELTAS,
@@ -97,6 +98,7 @@ class Sokoban(VisualEnv):
     """
 
     action_names = ACTION_NAMES
+    agent_spec = AGENT
 
     def __init__(
         self,

@@ -1,4 +1,5 @@
-"""Random Hugging Face checkpoints for tests, benchmarks and the default demo (nothing downloaded)."""
+"""Random Hugging Face checkpoints written locally (nothing downloaded): for notebooks, demos, tests
+and benchmarks that need a model directory without a real model."""
 
 from __future__ import annotations
 
