@@ -672,6 +672,7 @@ COLUMNS: tuple[tuple[str, Callable[[RunResult], float]], ...] = (
     ("trained success", lambda r: r.success("trained")),
     ("gain", lambda r: r.gain),
     ("return", lambda r: _number(r.final.get("eval/return_mean"))),
+    ("valid replies", lambda r: _number(r.final.get("eval/valid_rate"))),
     ("no-effect rate", lambda r: _number(r.final.get("eval/no_effect_rate"))),
     ("thought entropy", lambda r: r.thought_entropy),
     ("KL", lambda r: r.kl_mean),
@@ -757,9 +758,9 @@ TABLE_NOTES = (
     "Held-out evaluation (`eval/...`, greedy unless the config says otherwise). Mean ± standard "
     "error over seeds (sample std / sqrt(seeds); n/a with one seed). Warm start: the evaluation "
     "at update 0 of each run, on the same held-out levels as the trained model's, so the gain is "
-    "paired per seed. Return, no-effect rate, self-BLEU and grounding: the trained model. Thought "
-    "entropy and KL: the per-update metrics `thought_entropy` and `kl_mean`, averaged over each "
-    "run's updates."
+    "paired per seed. Return, valid replies, no-effect rate, self-BLEU and grounding: the trained "
+    "model. Thought entropy and KL: the per-update metrics `thought_entropy` and `kl_mean`, "
+    "averaged over each run's updates."
 )
 INTERVAL_NOTES = (
     "Interval of one seed's gain: `bootstrap` is a paired bootstrap over the held-out levels "

@@ -99,6 +99,7 @@ def test_summary_of_hand_made_runs_matches_numpy(lab, tmp_path):
         write_run(tmp_path / "default" / "turbo_kl" / f"seed{seed}", warm[seed], trained[seed],
                   entropy=entropies[seed], kl=(0.1 * seed, 0.2, 0.3),
                   final={"eval/no_effect_rate": 0.1 * seed, "eval/self_bleu": 0.5,
+                         "eval/valid_rate": 1.0 - 0.25 * seed,
                          "eval/grounding": math.nan if seed == 0 else 0.9})  # fmt: skip
     write_run(tmp_path / "default" / "ppo" / "seed0", 0.2, 0.1)
     key = lab.RunKey
@@ -120,6 +121,7 @@ def test_summary_of_hand_made_runs_matches_numpy(lab, tmp_path):
     assert kl["KL"][:2] == pytest.approx(np_mean_se([np.mean([0.1 * s, 0.2, 0.3]) for s in
                                                       range(3)]))  # fmt: skip
     assert kl["no-effect rate"][:2] == pytest.approx(np_mean_se([0.0, 0.1, 0.2]))
+    assert kl["valid replies"][:2] == pytest.approx(np_mean_se([1.0, 0.75, 0.5]))
     assert kl["grounding"][0] == pytest.approx(0.9) and kl["grounding"][2] == 2  # NaN skipped
     ppo = stats["default", "ppo"]
     assert ppo["gain"][0] == pytest.approx(-0.1) and math.isnan(ppo["gain"][1])
