@@ -6,7 +6,7 @@ Each repeat trains, in turn and from the same seed without the warm start, every
 `turbo_kl`, `turbo_sft`, `gtr`; `--modes`: a subset, `ppo` always included) of the tiny Sokoban
 default (`configs/sokoban.py`; `--quick`: the `micro` model and the smoke sizes), and the default
 mode `turbo_kl` under `BASELINE` (the settings before the update stopped re-scoring the batch, the
-prompt became the compact state and the teacher's SMA running sums, with GAE on 8 turns per env:
+prompt became the compact state and the teacher's SMA running sums, with GAE on 16 envs x 8 turns:
 `--config` overrides, so the same code runs both) for
 `--updates` updates. The first update of each run (compilation) and the last (the final
 evaluation) are excluded: the rate is env steps over the wall time of the updates in between,
@@ -45,6 +45,7 @@ PHASES = ("rollout", "teacher", "update", "eval", "logging", "checkpoint")
 # The tiny default before session 10: the brief prompt, the update re-scoring every reply, the
 # teacher re-merged from a ring of 8 snapshots, sampling at 0.2.
 BASELINE = (
+    "--config.train.num_envs=16",
     "--config.rl.advantage=gae",
     "--config.train.turns_per_update=8",
     "--config.prompt.style=brief",
