@@ -37,6 +37,7 @@ from typing import Any
 
 import ml_collections
 
+from gtr_turbo_jax import envs
 from gtr_turbo_jax.models import NAMED_CONFIGS
 from gtr_turbo_jax.train.config import UpdateConfig
 
@@ -244,8 +245,6 @@ def env_class_config(name: str, model: str = "tiny") -> ml_collections.ConfigDic
     """The config of an env class that has no config file: `base_config`, its `env` section every
     override `envs.make` accepts (with a plain default) at that default; no warm start when the
     env has no expert."""
-    from gtr_turbo_jax import envs
-
     try:
         overrides = envs.override_defaults(name)
         agent = envs.agent_spec(name)
@@ -351,8 +350,6 @@ def _coerce(dotted: str, value: Any, default: Any) -> Any:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Cross-field checks that a type check cannot make: one ConfigError line each."""
-    from gtr_turbo_jax import envs
-
     for section in ("env", "model", "prompt", "sampling", "format_reward", "rl", "train"):
         if section not in config:
             raise ConfigError(f"config has no {section!r} section")
