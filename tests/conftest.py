@@ -11,17 +11,23 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_script(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")
 def load_experiment():
     """`load_experiment("gradient_snr")`: the script `experiments/gradient_snr.py` as a module."""
+    return lambda name: _load_script(ROOT / "experiments" / f"{name}.py")
 
-    def load(name: str):
-        spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
 
-    return load
+@pytest.fixture(scope="session")
+def load_tool():
+    """`load_tool("convert_checkpoint")`: the script `tools/convert_checkpoint.py` as a module."""
+    return lambda name: _load_script(ROOT / "tools" / f"{name}.py")

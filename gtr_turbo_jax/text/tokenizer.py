@@ -37,7 +37,7 @@ PREPROCESSOR_CONFIG = "preprocessor_config.json"
 
 
 def tiny_tokenizer_path() -> Path:
-    """The shipped tiny tokenizer/processor directory (built by `build_tiny_tokenizer`)."""
+    """The shipped tiny tokenizer/processor directory (built by `tools/build_tiny_tokenizer.py`)."""
     return Path(str(resources.files("gtr_turbo_jax") / "assets" / "tiny_tokenizer"))
 
 

@@ -1,12 +1,15 @@
 """Checkpoints of the whole training state on orbax-checkpoint: async, atomic, verified.
 
-A checkpoint is one orbax step directory with two items: `state`, the pytree's leaves as a flat
-dict of arrays (typed PRNG keys stored as their raw key data; the small leaves as slices of one
-byte array, since orbax's cost is mostly per array), and `meta`, a JSON object with the
-run's fingerprint, the caller's host-side metadata and, per leaf, its tree path, shape, dtype and a
-checksum. Orbax writes into a temporary directory and renames it when complete, so a kill at any
-moment leaves either the previous checkpoint or the new one; the checksums catch what the rename
-cannot (a truncated or overwritten file later on), and `restore` then falls back to an older step.
+A checkpoint is one orbax step directory with two items, both written by orbax's standard
+handlers: `state`, the pytree's leaves as a flat dict of arrays (`StandardSave`: each process
+writes its own shards, so a multi-host sharded state is saved without gathering it; typed PRNG
+keys are stored as their raw key data), and `meta` (`JsonSave`), the run's fingerprint, the
+caller's host-side metadata and, per leaf, its tree path, shape, dtype and a checksum. The
+finite check and the checksums run on the devices, where the arrays live: only one flag and one
+word per leaf come to the host. Orbax writes into a temporary directory and renames it when
+complete, so a kill at any moment leaves either the previous checkpoint or the new one; the
+checksums catch what the rename cannot (a truncated or overwritten file later on), and `restore`
+then falls back to an older step.
 The tree's structure never goes to disk: `restore` rebuilds it from `like`, the caller's state of
 the same shape, so any pytree of arrays round-trips bitwise (flax struct dataclasses, `nnx.State`,
 optax states, typed keys).
@@ -21,7 +24,6 @@ import numbers
 import re
 import shutil
 import warnings
-import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,13 +34,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_managers
 
-FORMAT_VERSION = 2  # 2: small leaves packed into one byte array (1: every leaf on its own)
-_READS = (1, 2)
+# 3: every leaf an orbax array, checksums computed on the devices. 1 and 2 (small leaves packed
+# into one byte array, host checksums) are read by tools/convert_checkpoint.py, not here.
+FORMAT_VERSION = 3
+_CONVERT = "tools/convert_checkpoint.py"
 _STATE, _META = "state", "meta"
-_PACKED = "packed_leaves"  # the array of the small leaves' bytes
-# Orbax's work per array (most of a millisecond of CPU time) dwarfs copying a small leaf: leaves up
-# to this size are written as slices of one array.
-_PACK_BYTES = 1 << 20
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's name for a step directory being written
 
 
@@ -139,8 +139,8 @@ class Checkpointer:
     ) -> bool:
         """Launches the write of `tree` as checkpoint `step`; False (nothing written) if a floating
         leaf is not finite. Raises `CheckpointError` if this or the previous write fails (earlier
-        checkpoints stay as they were). Blocks for one copy of `tree` to the host (the finite
-        check and checksums, then handed to orbax); the file writes run in the background."""
+        checkpoints stay as they were). Blocks while orbax copies `tree` off the devices (so the
+        caller may donate its buffers next); the file writes run in the background."""
         if not _is_count(step) or step < 0:
             raise ValueError(f"step={step!r}: need an int >= 0")
         if self._read_only:
@@ -150,8 +150,8 @@ class Checkpointer:
         for leaf, spec in zip(leaves, specs, strict=True):
             if isinstance(leaf, jax.ShapeDtypeStruct):
                 raise ValueError(f"checkpoint leaf {spec.path} is abstract: save needs arrays")
-        host = _host_copies(leaves)
-        finite, checksums = _digest(host)
+        stored = [_stored_array(x) for x in leaves]
+        finite, checksums = _digest(stored)
         if not finite:
             return False
         self.wait()
@@ -165,27 +165,17 @@ class Checkpointer:
             ) from error
         if step in self._manager.all_steps():
             raise CheckpointError(f"checkpoint {self._step_dir(step)} already exists")
-        packed, offsets = _pack(host)
         meta = {
             "format": FORMAT_VERSION,
             "fingerprint": self._fingerprint,
             "metadata": metadata,
             "leaves": [
-                {**dataclasses.asdict(spec), "checksum": int(checksum), "packed": offset}
-                for spec, checksum, offset in zip(specs, checksums, offsets, strict=True)
+                {**dataclasses.asdict(spec), "checksum": checksum}
+                for spec, checksum in zip(specs, checksums, strict=True)
             ],
         }
         # Orbax refuses empty arrays (a zero-capacity buffer); `restore` makes them from `like`.
-        # It is given the host copies: it writes numpy arrays with far less work per array than
-        # jax.Arrays, and they are ours, not views of buffers that the next update may donate
-        # while the write runs in the background.
-        arrays = {
-            _leaf_name(i): x
-            for i, (x, offset) in enumerate(zip(host, offsets, strict=True))
-            if x.size and offset is None
-        }
-        if packed.size:
-            arrays[_PACKED] = packed
+        arrays = {_leaf_name(i): x for i, x in enumerate(stored) if x.size}
         try:
             self._manager.save(
                 step,
@@ -283,19 +273,22 @@ class Checkpointer:
                 step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()})
             )[_META]
             version = meta["format"]
-            if version in _READS:
+            if version == FORMAT_VERSION:
                 stored = [_Leaf(**_spec_fields(leaf)) for leaf in meta["leaves"]]
                 checksums = [int(leaf["checksum"]) for leaf in meta["leaves"]]
-                offsets = [leaf.get("packed") for leaf in meta["leaves"]]
                 fingerprint, metadata = meta["fingerprint"], meta["metadata"]
         except Exception as error:
             raise _UnreadableCheckpoint(
                 f"checkpoint {where} is unreadable: {_reason(error)}"
             ) from error
-        if version not in _READS:
+        if version in (1, 2):
             raise CheckpointError(
-                f"checkpoint {where} has format {version!r}, this version reads up to "
-                f"{FORMAT_VERSION}"
+                f"checkpoint {where} has format {version} (packed leaves): convert it with "
+                f"`python {_CONVERT} {self.directory}`"
+            )
+        if version != FORMAT_VERSION:
+            raise CheckpointError(
+                f"checkpoint {where} has format {version!r}, this version reads format {FORMAT_VERSION}"
             )
         difference = _first_difference(fingerprint, self._fingerprint)
         if difference is not None:
@@ -307,44 +300,28 @@ class Checkpointer:
         targets = [_restore_target(x, spec) for x, spec in zip(like_leaves, stored, strict=True)]
         target = {
             _leaf_name(i): leaf_target
-            for i, (leaf_target, spec, offset) in enumerate(
-                zip(targets, stored, offsets, strict=True)
-            )
-            if math.prod(spec.shape) and offset is None
+            for i, (leaf_target, spec) in enumerate(zip(targets, stored, strict=True))
+            if math.prod(spec.shape)
         }
-        packed_bytes = max(
-            (offset + _nbytes(t) for t, offset in zip(targets, offsets) if offset is not None),
-            default=0,
-        )
-        if packed_bytes:
-            target[_PACKED] = np.zeros(packed_bytes, np.uint8)
         try:
             arrays = self._manager.restore(
                 step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(target)})
             )[_STATE]
-
-            def stored_array(i: int, offset: int | None) -> Any:  # None: an empty leaf
-                if offset is not None:
-                    return _unpack(arrays[_PACKED], offset, targets[i])
-                return arrays[_leaf_name(i)] if _leaf_name(i) in target else None
-
-            leaves = [
-                _loaded_leaf(stored_array(i, offset), x, spec)
-                for i, (x, spec, offset) in enumerate(
-                    zip(like_leaves, stored, offsets, strict=True)
-                )
-            ]
         except Exception as error:
             # Orbax names the arrays by their key in the flat dict: name them by tree path.
             reason = re.sub(r"leaf_(\d{6})", lambda m: stored[int(m[1])].path, _reason(error))
-            reason = reason.replace(_PACKED, _packed_names(stored, offsets))
             raise _UnreadableCheckpoint(f"checkpoint {where} is unreadable: {reason}") from error
-        _, restored_checksums = _digest(_host_copies(leaves))
+        data = [
+            arrays[_leaf_name(i)] if _leaf_name(i) in target else _empty_like(targets[i])
+            for i in range(len(stored))
+        ]
+        _, restored_checksums = _digest(data)
         for spec, expected, got in zip(stored, checksums, restored_checksums, strict=True):
-            if int(got) != expected:
+            if got != expected:
                 raise _UnreadableCheckpoint(
                     f"checkpoint {where} is corrupt: {spec.path} does not match its checksum"
                 )
+        leaves = [_loaded_leaf(x, spec) for x, spec in zip(data, stored, strict=True)]
         tree = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves)
         return tree, metadata
 
@@ -422,7 +399,7 @@ def _stored_array(leaf: Any) -> Any:
     """What orbax writes for a leaf: the raw data of a typed key, the array otherwise."""
     if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
         return jax.random.key_data(leaf)
-    return leaf
+    return np.asarray(leaf) if isinstance(leaf, np.generic) else leaf
 
 
 def _restore_target(like_leaf: Any, spec: _Leaf) -> Any:
@@ -440,46 +417,15 @@ def _restore_target(like_leaf: Any, spec: _Leaf) -> Any:
     return jax.ShapeDtypeStruct(abstract.shape, abstract.dtype, sharding=sharding)
 
 
-def _nbytes(target: Any) -> int:
-    return math.prod(target.shape) * np.dtype(target.dtype).itemsize
+def _empty_like(target: Any) -> Any:
+    """An empty leaf (orbax stores none) as `_restore_target` describes it."""
+    if isinstance(target, np.ndarray):
+        return np.zeros_like(target)
+    return jnp.zeros(target.shape, target.dtype, device=target.sharding)
 
 
-def _pack(host: list[np.ndarray]) -> tuple[np.ndarray, list[int | None]]:
-    """The bytes of the non-empty leaves of at most `_PACK_BYTES`, one after the other, and each
-    leaf's byte offset there (None: written as an array of its own, or empty)."""
-    chunks, offsets, end = [], [], 0
-    for x in host:
-        if 0 < x.nbytes <= _PACK_BYTES:
-            chunks.append(np.ascontiguousarray(x).reshape(-1).view(np.uint8))
-            offsets.append(end)
-            end += x.nbytes
-        else:
-            offsets.append(None)
-    return (np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)), offsets
-
-
-def _packed_names(stored: list[_Leaf], offsets: list[int | None], shown: int = 5) -> str:
-    """What an error about the packed array names: its first leaves' paths."""
-    paths = [spec.path for spec, offset in zip(stored, offsets) if offset is not None]
-    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
-    return f"the packed leaves {', '.join(paths[:shown])}{more}"
-
-
-def _unpack(packed: np.ndarray, offset: int, target: Any) -> Any:
-    """A packed leaf as `_restore_target` describes it: numpy, or a jax array on its sharding."""
-    data = np.asarray(packed)[offset : offset + _nbytes(target)]
-    array = data.view(np.dtype(target.dtype)).reshape(target.shape).copy()
-    return array if isinstance(target, np.ndarray) else jax.device_put(array, target.sharding)
-
-
-def _loaded_leaf(array: Any, like_leaf: Any, spec: _Leaf) -> Any:
-    """The restored leaf: `array` (None for an empty leaf, made like `like_leaf`), typed back into
-    a PRNG key if it was one."""
-    if array is None:
-        target = _restore_target(like_leaf, spec)
-        if isinstance(target, np.ndarray):
-            return np.zeros_like(target)
-        array = jnp.zeros(target.shape, target.dtype, device=target.sharding)
+def _loaded_leaf(array: Any, spec: _Leaf) -> Any:
+    """The restored leaf, typed back into a PRNG key if it was one."""
     if spec.key_impl is not None:
         return jax.random.wrap_key_data(array, impl=spec.key_impl)
     return array
@@ -517,25 +463,39 @@ def _spec_fields(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------- digest
-def _host_copies(leaves: list[Any]) -> list[np.ndarray]:
-    """What is written of each leaf (see `_stored_array`) as a numpy array of its own: on CPU,
-    `device_get` may return a view of the device buffer."""
-    return [np.array(x) for x in jax.device_get([_stored_array(x) for x in leaves])]
+def _digest(leaves: list[Any]) -> tuple[bool, list[int]]:
+    """`(every floating value finite, a checksum of each leaf)`, computed where the leaves live:
+    only a flag and one 32-bit word per leaf reach the host, so a sharded state is never
+    gathered. One small program per leaf shape (a state has a few dozen), not one program per
+    state structure (seconds to compile for hundreds of leaves)."""
+    digests = jax.device_get([_leaf_digest(jnp.asarray(x)) for x in leaves])
+    return all(bool(finite) for finite, _ in digests), [int(c) for _, c in digests]
 
 
-def _digest(host: list[Any]) -> tuple[bool, list[int]]:
-    """`(every floating value finite, CRC-32 of each leaf's bytes)` of host arrays.
+@jax.jit
+def _leaf_digest(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    finite = jnp.isfinite(x).all() if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.array(True)
+    return finite, _checksum(x)
 
-    Host numpy, not a jitted reduction: XLA would compile a program per state structure (seconds
-    for a few hundred leaves on CPU), where this pass costs one device-to-host copy per save.
-    """
-    finite, checksums = True, []
-    for x in host:
-        x = np.ascontiguousarray(x)
-        if jnp.issubdtype(x.dtype, jnp.inexact):
-            finite = finite and bool(np.isfinite(x).all())
-        checksums.append(zlib.crc32(x.reshape(-1).view(np.uint8)))
-    return finite, checksums
+
+def _checksum(x: jax.Array) -> jax.Array:
+    """A position-weighted sum of the leaf's words mod 2^32. The weights are odd, so changing any
+    one word changes the sum; moving words around changes it too."""
+    words = _words(x).reshape(-1)
+    index = jnp.arange(words.size, dtype=jnp.uint32)
+    weights = (index * jnp.uint32(0x9E3779B1)) * jnp.uint32(2) + jnp.uint32(1)
+    return jnp.sum(words * weights, dtype=jnp.uint32) + jnp.uint32(words.size)
+
+
+def _words(x: jax.Array) -> jax.Array:
+    """The leaf's bits as uint32 words (narrower dtypes widened, wider ones split)."""
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32)
+    bits = x.dtype.itemsize * 8
+    if bits >= 32:
+        return jax.lax.bitcast_convert_type(x, jnp.uint32)
+    unsigned = {8: jnp.uint8, 16: jnp.uint16}[bits]
+    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
 
 
 # ------------------------------------------------------------------------- JSON and misc

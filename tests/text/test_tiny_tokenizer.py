@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gtr_turbo_jax.text import build_tiny_tokenizer
 from gtr_turbo_jax.text.image import num_image_tokens
 from gtr_turbo_jax.text.tokenizer import (
     encode_chat,
@@ -46,7 +45,13 @@ def processor():
     return load_processor(tiny_tokenizer_path())
 
 
-def test_rebuild_equals_shipped(tmp_path):
+@pytest.fixture(scope="module")
+def build_tiny_tokenizer(load_tool):
+    """tools/build_tiny_tokenizer.py, the builder of the shipped files."""
+    return load_tool("build_tiny_tokenizer")
+
+
+def test_rebuild_equals_shipped(tmp_path, build_tiny_tokenizer):
     written = build_tiny_tokenizer.build(tmp_path)
     shipped = sorted(p.name for p in tiny_tokenizer_path().iterdir())
     assert sorted(p.name for p in written) == shipped
@@ -66,7 +71,7 @@ def test_vocab_and_special_ids(tokenizer):
         token_id(tokenizer, "<|box_start|>")
 
 
-def test_pipeline_is_qwen2s(tokenizer):
+def test_pipeline_is_qwen2s(tokenizer, build_tiny_tokenizer):
     backend = json.loads(tokenizer.backend_tokenizer.to_str())
     assert backend["normalizer"]["type"] == "NFC"
     split, byte_level = backend["pre_tokenizer"]["pretokenizers"]

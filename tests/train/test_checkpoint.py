@@ -9,6 +9,7 @@ so that it does not pay for importing the whole package."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import math
@@ -16,11 +17,13 @@ import subprocess
 import sys
 import time
 import warnings
+import zlib
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from _train_cases import MODEL_CONFIG, build_state
 from etils.epath import gpath
@@ -159,41 +162,135 @@ def test_round_trip_is_bitwise(tmp_path, train_states):
     assert_bitwise_equal(again, tree)
 
 
-def test_small_leaves_are_packed_and_format_1_still_reads(tmp_path, monkeypatch):
-    big = jnp.arange((1 << 18) + 1, dtype=jnp.float32)  # just over 1 MiB: an array of its own
-    tree = {
-        **tiny_tree(3),
-        "big": big,
-        "half": jnp.asarray([1.5, -2.25], jnp.bfloat16),
-        "flags": jnp.asarray([True, False, True]),
+def mixed_tree(step: int) -> dict:
+    """Every kind of leaf: big and small, bfloat16, bool, empty, host numpy, a typed key."""
+    return {
+        **tiny_tree(step),
+        "big": jnp.arange((1 << 18) + 1, dtype=jnp.float32) * step,
+        "half": jnp.asarray([1.5, -2.25], jnp.bfloat16) * step,
+        "flags": jnp.asarray([True, False, step % 2 == 0]),
         "empty": jnp.zeros((0, 4), jnp.int32),
-        "host": np.arange(5, dtype=np.int8),
+        "host": np.arange(5, dtype=np.int8) + step,
     }
-    like = jax.tree.map(jnp.zeros_like, {**tree, "key": jax.random.key(0)})
-    like["host"] = np.zeros(5, np.int8)
+
+
+def mixed_like() -> dict:
+    like = jax.tree.map(jnp.zeros_like, {**mixed_tree(0), "key": jax.random.key(0)})
+    return {**like, "host": np.zeros(5, np.int8)}
+
+
+def test_every_leaf_is_an_orbax_array_copied_before_save_returns(tmp_path):
+    tree = mixed_tree(3)
+    expected = mixed_tree(3)
     with Checkpointer(tmp_path, fingerprint=FINGERPRINT) as checkpointer:
         checkpointer.save(1, tree, metadata={})
+        # The caller may donate its buffers once `save` returns (the next update does).
+        tree["w"].delete()
+        tree["big"].delete()
         checkpointer.wait()
         meta = json.loads((tmp_path / "1" / "meta" / "metadata").read_text())
-        packed = {leaf["path"]: leaf["packed"] for leaf in meta["leaves"]}
-        assert meta["format"] == 2 and packed["['big']"] is None and packed["['empty']"] is None
-        assert all(packed[f"['{name}']"] is not None for name in ("w", "key", "n", "half", "host"))
-        _, restored, _ = checkpointer.restore(like)
-        assert_bitwise_equal(restored, tree)
-        assert (
-            isinstance(restored["host"], np.ndarray) and restored["key"].dtype == like["key"].dtype
-        )
-        # Format 1: every leaf an array of its own, no offsets in the metadata.
-        monkeypatch.setattr(checkpoint_module, "_PACK_BYTES", 0)
-        checkpointer.save(2, tree, metadata={})
-        checkpointer.wait()
-    meta_file = tmp_path / "2" / "meta" / "metadata"
-    meta = json.loads(meta_file.read_text())
-    leaves = [{k: v for k, v in leaf.items() if k != "packed"} for leaf in meta["leaves"]]
-    meta_file.write_text(json.dumps({**meta, "format": 1, "leaves": leaves}))
-    monkeypatch.undo()
-    _, restored, _ = Checkpointer(tmp_path, fingerprint=FINGERPRINT).restore(like, step=2)
-    assert_bitwise_equal(restored, tree)
+        assert meta["format"] == 3
+        stored = ocp.StandardCheckpointer().metadata(tmp_path / "1" / "state").item_metadata
+        names = {spec["path"]: f"leaf_{i:06d}" for i, spec in enumerate(meta["leaves"])}
+        assert set(stored) == {names[f"['{k}']"] for k in expected if k != "empty"}
+        assert stored[names["['half']"]].dtype == jnp.bfloat16
+        assert tuple(stored[names["['key']"]].shape) == (2,)  # the key's data
+        _, restored, _ = checkpointer.restore(mixed_like())
+    assert_bitwise_equal(restored, expected)
+    assert isinstance(restored["host"], np.ndarray)
+
+
+def reference_checksum(x) -> int:
+    """`_checksum` in numpy: sum of words * odd position weights (+ the word count) mod 2^32."""
+    x = raw(x)
+    if x.dtype == np.bool_:
+        words = x.astype(np.uint64)
+    else:
+        unsigned = {1: np.uint8, 2: np.uint16, 4: np.uint32}[x.dtype.itemsize]
+        words = np.ascontiguousarray(x).view(unsigned).astype(np.uint64)
+    words = words.reshape(-1)
+    weights = (np.arange(words.size, dtype=np.uint64) * 0x9E3779B1 % 2**32) * 2 + 1
+    return int((int((words * (weights % 2**32) % 2**32).sum()) + words.size) % 2**32)
+
+
+def test_checksums_match_a_numpy_transcription_and_see_one_changed_word():
+    leaves = [raw(x) for x in jax.tree.leaves(mixed_tree(5))]
+    finite, checksums = checkpoint_module._digest(leaves)
+    assert finite
+    assert checksums == [reference_checksum(x) for x in leaves]
+    w = np.asarray(mixed_tree(5)["w"]).copy()
+    for index, bit in [(0, 0), (17, 31), (1023, 7)]:  # one bit anywhere, the top one included
+        flipped = w.view(np.uint32).copy()
+        flipped.reshape(-1)[index] ^= np.uint32(1 << bit)
+        assert checkpoint_module._digest([flipped.view(np.float32)])[1] != checksums[:1]
+    swapped = w.copy()
+    swapped[0, :2] = swapped[0, 1::-1]
+    assert checkpoint_module._digest([swapped])[1] != checksums[:1]
+
+
+def write_format_2(directory: Path, step: int, tree: dict, metrics: dict) -> None:
+    """A checkpoint as gtr_turbo_jax wrote it before format 3: the leaves up to 1 MiB packed into
+    one byte array, CRC-32 checksums of the host bytes."""
+    leaves, specs = checkpoint_module._flatten(tree)
+    host = [raw(x) for x in leaves]
+    chunks, records, arrays, end = [], [], {}, 0
+    for i, (x, spec) in enumerate(zip(host, specs, strict=True)):
+        offset = None
+        if 0 < x.nbytes <= 1 << 20:
+            chunks.append(np.ascontiguousarray(x).reshape(-1).view(np.uint8))
+            offset, end = end, end + x.nbytes
+        elif x.size:
+            arrays[f"leaf_{i:06d}"] = x
+        checksum = zlib.crc32(np.ascontiguousarray(x).reshape(-1).view(np.uint8))
+        records.append({**dataclasses.asdict(spec), "checksum": checksum, "packed": offset})
+    arrays["packed_leaves"] = np.concatenate(chunks)
+    meta = {"format": 2, "fingerprint": FINGERPRINT, "metadata": {"step": step}, "leaves": records}
+    manager = ocp.CheckpointManager(
+        directory,
+        options=ocp.CheckpointManagerOptions(best_fn=lambda m: m["success_rate"]),
+        handler_registry=checkpoint_module._handler_registry(),
+    )
+    manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)),
+        metrics=metrics,
+    )
+    manager.close()
+
+
+def test_format_2_is_refused_with_the_conversion_which_then_restores(tmp_path, capsys, load_tool):
+    convert_checkpoint = load_tool("convert_checkpoint")
+    directory = tmp_path / "checkpoints"
+    write_format_2(directory, 4, mixed_tree(4), {"success_rate": 0.75})
+    write_format_2(directory, 6, mixed_tree(6), {"success_rate": 0.25})
+    with pytest.raises(CheckpointError) as error:
+        Checkpointer(directory, fingerprint=FINGERPRINT).restore(mixed_like())
+    assert str(error.value) == (
+        f"checkpoint {directory / '6'} has format 2 (packed leaves): convert it with "
+        f"`python tools/convert_checkpoint.py {directory}`"
+    )
+    convert_checkpoint.main([str(directory)])
+    assert "step 6: 8 leaves converted" in capsys.readouterr().out
+    assert (tmp_path / "checkpoints.format2" / "6").is_dir()  # the old ones are kept aside
+    with Checkpointer(directory, fingerprint=FINGERPRINT) as checkpointer:
+        assert checkpointer.all_steps() == [4, 6] and checkpointer.best_step() == 4
+        for step in (4, 6):
+            _, restored, metadata = checkpointer.restore(mixed_like(), step=step)
+            assert metadata == {"step": step}
+            assert_bitwise_equal(restored, mixed_tree(step))
+    # A corrupt old checkpoint converts nothing.
+    write_format_2(tmp_path / "bad", 1, mixed_tree(1), {})
+    data = largest_data_file(tmp_path / "bad" / "1")
+    content = bytearray(data.read_bytes())
+    content[len(content) // 2] ^= 0x40
+    data.write_bytes(bytes(content))
+    with pytest.raises(SystemExit, match="does not match its checksum; nothing changed"):
+        convert_checkpoint.main([str(tmp_path / "bad")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "bad",
+        "checkpoints",
+        "checkpoints.format2",
+    ]
 
 
 @pytest.mark.parametrize("keep_last,keep_best", [(2, 1), (1, 2), (3, 0)])
@@ -249,7 +346,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
     # A checkpoint from a later version of this format.
     meta_file = tmp_path / "40" / "meta" / "metadata"
     meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "format": 99}))
-    with pytest.raises(CheckpointError, match=r"/40 has format 99, this version reads up to 2$"):
+    with pytest.raises(CheckpointError, match=r"/40 has format 99, this version reads format 3$"):
         Checkpointer(tmp_path, fingerprint=FINGERPRINT).restore(tiny_tree(0))
 
 

@@ -1,6 +1,6 @@
 """Build the tiny Qwen2-style tokenizer + Qwen2.5-VL processor files shipped in `assets/`.
 
-    python -m gtr_turbo_jax.text.build_tiny_tokenizer --out gtr_turbo_jax/assets/tiny_tokenizer
+    python tools/build_tiny_tokenizer.py --out gtr_turbo_jax/assets/tiny_tokenizer
 
 The result is a Hugging Face model directory without weights: `AutoTokenizer` and `AutoProcessor`
 load it exactly as they load a real Qwen2.5-VL checkpoint, so tiny test models run the same code
