@@ -24,20 +24,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from gtr_turbo_jax import rl
+from gtr_turbo_jax.train.learner import Learner
 from gtr_turbo_jax.train.run_config import load_config
 from gtr_turbo_jax.train.scoring import score_replies
-from gtr_turbo_jax.train.state import init_train_state
-from gtr_turbo_jax.train.trainer import Trainer
 from gtr_turbo_jax.train.update import advantages_and_returns, trained_samples
 
 
-def batch_gradients(trainer: Trainer, num_batches: int) -> np.ndarray:
+def batch_gradients(learner: Learner, num_batches: int) -> np.ndarray:
     """`[num_batches, params]`: the flattened policy gradient of each fresh rollout batch."""
-    config, update = trainer.config, trainer.setup.update
-    _, state = init_train_state(
-        trainer._model, trainer._value_head, update, trainer.keys["state"], trainer.batch_like()
-    )
-    graphdef = trainer.defs.model
+    config, update = learner.config, learner.setup.update
+    state = learner.init_state()
+    graphdef = learner.defs.model
 
     @jax.jit
     def gradient(batch):
@@ -61,10 +58,10 @@ def batch_gradients(trainer: Trainer, num_batches: int) -> np.ndarray:
         grads = jax.grad(objective)(state.policy)
         return jnp.concatenate([jnp.ravel(g) for g in jax.tree.leaves(grads)])
 
-    rollout_state = trainer.rollout.init(trainer.keys["rollout"], config.train.num_envs)
+    rollout_state = learner.init_rollout()
     grads = []
     for _ in range(num_batches):
-        rollout_state, batch, _ = trainer.rollout.run(
+        rollout_state, batch, _ = learner.rollout.run(
             rollout_state, state.base, state.policy, state.value_head,
             config.train.turns_per_update,
         )  # fmt: skip
@@ -97,8 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     config = load_config(
         args.env, [f"--config.model.path={args.model}", "--config.warm_start.steps=0", *overrides]
     )
-    trainer = Trainer(config, "unused", echo=lambda line: None)  # writes nothing before run()
-    result = signal_to_noise(batch_gradients(trainer, args.batches))
+    result = signal_to_noise(batch_gradients(Learner(config), args.batches))
     samples = config.train.num_envs * config.train.turns_per_update
     print(
         f"{args.batches} batches of {samples} samples: mean pairwise cosine "

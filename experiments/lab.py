@@ -17,7 +17,7 @@ Then (or with `--report-only`) it reads the runs' `summary.json`, `metrics.jsonl
 `config.json` and writes DIR/results.md (tables, commands, git commit) and DIR/results.png (held-
 out success of the warm start and the trained model per grid entry and mode, mean +- s.e.). The
 warm start's success is the evaluation at update 0 of each run (the same held-out levels as the
-final one, `Trainer.evaluate`), so the gain is paired per seed.
+final one, `RunDir.record_evaluation`), so the gain is paired per seed.
 
 Overrides are applied in this order, later ones winning: the lab's (model.path, warm_start.steps,
 `--updates`), those after `--` (every run), the grid entry's. DIR/lab.json records the settings

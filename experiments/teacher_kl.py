@@ -21,9 +21,10 @@ import jax
 import numpy as np
 
 from gtr_turbo_jax import rl
+from gtr_turbo_jax.train.commands import restore_run
+from gtr_turbo_jax.train.learner import Learner
 from gtr_turbo_jax.train.run_config import read_run_config as run_config
 from gtr_turbo_jax.train.scoring import score_replies
-from gtr_turbo_jax.train.trainer import Trainer
 
 
 def kl_stats(agent, reference, thought_mask, valid, estimator="k1_clipped", clip=10.0):
@@ -40,9 +41,9 @@ def kl_stats(agent, reference, thought_mask, valid, estimator="k1_clipped", clip
     }
 
 
-def thought_kl_stats(trainer: Trainer, state, num_batches: int) -> dict[str, float]:
-    update, config = trainer.setup.update, trainer.config
-    graphdef = trainer.defs.model
+def thought_kl_stats(learner: Learner, state, num_batches: int) -> dict[str, float]:
+    update, config = learner.setup.update, learner.config
+    graphdef = learner.defs.model
 
     @jax.jit
     def scored(batch, adapters):
@@ -55,9 +56,9 @@ def thought_kl_stats(trainer: Trainer, state, num_batches: int) -> dict[str, flo
 
     teachers = {"teacher": state.teacher, "initial": state.initial}
     parts: dict[str, list[np.ndarray]] = {}
-    rollout_state = trainer.rollout.init(trainer.keys["rollout"], config.train.num_envs)
+    rollout_state = learner.init_rollout()
     for _ in range(num_batches):
-        rollout_state, batch, _ = trainer.rollout.run(
+        rollout_state, batch, _ = learner.rollout.run(
             rollout_state, state.base, state.policy, state.value_head,
             config.train.turns_per_update,
         )  # fmt: skip
@@ -88,9 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     config = run_config(args.run_dir)
     if config.rl.mode not in ("turbo_kl", "turbo_sft") or config.rl.merge_method == "ema":
         parser.error("the run must be a turbo run with a TIES / linear merge (it keeps theta_0)")
-    trainer = Trainer(config, args.run_dir, echo=lambda line: None)
-    state, host = trainer.restore(args.step)
-    result = {"update": host["update"], **thought_kl_stats(trainer, state, args.batches)}
+    learner, state, host = restore_run(args.run_dir, args.step, config)
+    result = {"update": host["update"], **thought_kl_stats(learner, state, args.batches)}
     print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in result.items()}))
 
 

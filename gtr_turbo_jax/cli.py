@@ -126,16 +126,12 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def cmd_sft(args: argparse.Namespace, overrides: list[str]) -> int:
     """The supervised warm start alone, evaluated; the model is written as an HF directory."""
-    from gtr_turbo_jax.train.export import export_model
-    from gtr_turbo_jax.train.trainer import Trainer
+    from gtr_turbo_jax.train.commands import warm_start_run
 
     config = build_config(args, overrides)
     workdir = Path(args.workdir) if args.workdir else _default_workdir(config)
     workdir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(config, workdir, echo=_echo)
-    warm = trainer.warm_start()
-    out = workdir / "sft_model"
-    export_model(trainer.setup, trainer.model_with(), out)
+    warm, out = warm_start_run(config, workdir)
     print(json.dumps(warm, indent=2))
     print(f"warm-started model written to {out}")
     return 0
@@ -149,7 +145,7 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     try:
         metrics = evaluate_run(
             args.run_dir, episodes=args.episodes, gifs=args.gifs, step=args.step,
-            temperature=args.temperature, echo=_echo,
+            temperature=args.temperature,
         )  # fmt: skip
     except ValueError as err:  # a bad --episodes / --temperature / --gifs
         raise UsageError(str(err)) from None
@@ -176,7 +172,7 @@ def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
 
     if overrides:
         raise UsageError("export reads the run's config.json; it takes no --config overrides")
-    out = export_run(args.run_dir, args.out_dir, step=args.step, echo=_echo)
+    out = export_run(args.run_dir, args.out_dir, step=args.step)
     print(f"exported to {out}")
     return 0
 

@@ -40,10 +40,9 @@ def checkpoint_steps(workdir: Path) -> list[int]:
 
 
 def policy_leaves(trainer_dir: Path, step: int | None = None) -> list[np.ndarray]:
-    from gtr_turbo_jax.train.trainer import Trainer
+    from gtr_turbo_jax.train.commands import restore_run
 
-    trainer = Trainer(cli.run_config(trainer_dir), trainer_dir, echo=lambda _: None)
-    state, _ = trainer.restore(step)
+    _, state, _ = restore_run(trainer_dir, step)
     return [np.asarray(x) for x in jax.tree.leaves((state.policy, state.value_head, state.teacher))]
 
 
@@ -139,11 +138,10 @@ def test_export_loads_in_transformers_with_the_same_logits(smoke_run, tmp_path):
     got = np.asarray(ours.forward(ids, mask).logits)
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
     # and it is the trained policy, not the fresh model: a checkpoint differs from step 0
-    from gtr_turbo_jax.train.trainer import Trainer
+    from gtr_turbo_jax.train.commands import restore_run
 
-    trainer = Trainer(cli.run_config(smoke_run), smoke_run, echo=lambda _: None)
-    state, _ = trainer.restore()
-    trained = np.asarray(trainer.model_with(state).forward(ids, mask).logits)
+    learner, state, _ = restore_run(smoke_run)
+    trained = np.asarray(learner.model_with(state).forward(ids, mask).logits)
     np.testing.assert_allclose(got, trained, atol=1e-5)
 
 

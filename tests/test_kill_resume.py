@@ -14,8 +14,6 @@ import jax
 import numpy as np
 import pytest
 
-from gtr_turbo_jax import cli
-
 pytestmark = pytest.mark.slow
 
 ARGS = ["--smoke", "--config.train.updates=4", "--config.train.checkpoint_every=1",
@@ -29,10 +27,9 @@ def train(workdir: Path, *extra: str) -> subprocess.Popen:
 
 
 def final_params(workdir: Path) -> list[np.ndarray]:
-    from gtr_turbo_jax.train.trainer import Trainer
+    from gtr_turbo_jax.train.commands import restore_run
 
-    trainer = Trainer(cli.run_config(workdir), workdir, echo=lambda _: None)
-    state, host = trainer.restore()
+    _, state, host = restore_run(workdir)
     assert host["update"] == 4
     keys = lambda x: (
         jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x

@@ -167,18 +167,18 @@ def test_memory_estimate_is_the_bytes_of_a_real_state(tmp_path):
         import notebook_helpers
     finally:
         sys.path.remove(str(NOTEBOOK_DIR))
+    from gtr_turbo_jax.train.learner import Learner
     from gtr_turbo_jax.train.run_config import load_config, smoke
     from gtr_turbo_jax.train.setup import build_model
     from gtr_turbo_jax.train.state import init_train_state
-    from gtr_turbo_jax.train.trainer import Trainer
 
     config = smoke(load_config("points24"))
     config.model.lora_rank = 4
-    trainer = Trainer(config, tmp_path, echo=lambda _: None)
-    estimate = notebook_helpers.memory_estimate(trainer)
-    model, value_head = build_model(trainer.setup)
+    learner = Learner(config)
+    estimate = notebook_helpers.memory_estimate(learner)
+    model, value_head = build_model(learner.setup)
     _, state = init_train_state(
-        model, value_head, trainer.setup.update, jax.random.key(0), trainer.batch_like()
+        model, value_head, learner.setup.update, jax.random.key(0), learner.batch_like()
     )
 
     def nbytes(tree) -> int:
@@ -196,8 +196,8 @@ def test_memory_estimate_is_the_bytes_of_a_real_state(tmp_path):
     assert estimate.state == real
     assert real["teacher"] > 0 and real["snapshots"] > 0 and real["dagger"] <= 8
     # The KV cache: keys and values per layer, [envs, kv heads, head dim, prompt + reply], float32.
-    model_text = trainer.setup.model_config.text
-    length = trainer.setup.template.max_length + trainer.setup.sampling.max_new_tokens
+    model_text = learner.setup.model_config.text
+    length = learner.setup.template.max_length + learner.setup.sampling.max_new_tokens
     assert estimate.kv_cache == (
         2 * model_text.num_hidden_layers * config.train.num_envs
         * model_text.num_key_value_heads * model_text.head_dim * length * 4

@@ -99,7 +99,7 @@ def test_what_the_corridor_lacks_is_one_clear_line(corridor, flags, message, cap
 def test_a_bad_class_reference_is_one_clear_line(capsys):
     for env, message in [
         ("no_such_pkg.mod:Env", "cannot import 'no_such_pkg.mod'"),
-        ("json:JSONDecoder", "json.JSONDecoder is not a VisualEnv subclass"),
+        ("json:JSONDecoder", "json.JSONDecoder is not a VisualEnv (JAX) or PythonEnv subclass"),
     ]:
         assert cli.main(["train", f"--env={env}"]) == 2
         err = capsys.readouterr().err.strip().splitlines()

@@ -34,10 +34,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from gtr_turbo_jax.train.learner import Learner
 from gtr_turbo_jax.train.logger import read_metrics
 from gtr_turbo_jax.train.run_config import load_config, smoke
 from gtr_turbo_jax.train.scoring import score_replies
-from gtr_turbo_jax.train.state import init_train_state
 from gtr_turbo_jax.train.trainer import Trainer
 
 MODES = ("ppo", "turbo_kl", "turbo_sft", "gtr")
@@ -83,18 +83,16 @@ def run_once(config, root: Path) -> tuple[dict[str, float], Trainer]:
     return {"steps_per_s": steps / seconds, "update_s": update_s, **phases}, trainer
 
 
-def forward_flops(trainer: Trainer) -> float:
+def forward_flops(learner: Learner) -> float:
     """XLA's FLOP count of one forward of a micro-batch over prompt + reply."""
-    update = trainer.setup.update
-    like = trainer.batch_like()
-    _, state = init_train_state(
-        trainer._model, trainer._value_head, update, trainer.keys["state"], like
-    )
+    update = learner.setup.update
+    like = learner.batch_like()
+    state = learner.init_state()
     rows = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:])[: update.minibatch_size], like)
     forward = jax.jit(score_replies, static_argnames=("graphdef", "image_grid_thw"))
     args = (rows.prompt_ids, rows.prompt_mask, rows.image_patches, rows.response_ids)
     compiled = forward.lower(
-        trainer.defs.model, state.base, state.policy, *args, rows.response_mask,
+        learner.defs.model, state.base, state.policy, *args, rows.response_mask,
         like.image_grid_thw,
     ).compile()  # fmt: skip
     analysis = compiled.cost_analysis()
@@ -102,15 +100,15 @@ def forward_flops(trainer: Trainer) -> float:
     return float(analysis["flops"])
 
 
-def update_flops(trainer: Trainer) -> float:
+def update_flops(learner: Learner) -> float:
     """The update's FLOPs: forwards (re-scoring, the teacher's) + forward and backward (~3
     forwards) per sample and epoch, plus the SFT rows' forward and backward."""
-    update, samples = trainer.setup.update, trainer.config.train.num_envs
-    samples *= trainer.config.train.turns_per_update
+    update, samples = learner.setup.update, learner.config.train.num_envs
+    samples *= learner.config.train.turns_per_update
     passes = 3 * update.ppo_epochs + update.rescore + (update.mode == "turbo_kl")
     if update.uses_sft:
         passes += 3 * update.ppo_epochs * update.sft_rows / update.minibatch_size
-    return forward_flops(trainer) / update.minibatch_size * samples * passes
+    return forward_flops(learner) / update.minibatch_size * samples * passes
 
 
 def matmul_flops_per_s(size: int = 1024, repeats: int = 10) -> float:
@@ -167,7 +165,7 @@ def main() -> None:
     result["speedup_over_baseline"] = round(speedup, 2)
     for name in ("turbo_kl", "baseline_turbo_kl"):
         seconds = statistics.median(r["update_s"] for r in runs[name])
-        result[f"{name}_update_flops_per_s"] = update_flops(trainers[name]) / seconds
+        result[f"{name}_update_flops_per_s"] = update_flops(trainers[name].learner) / seconds
     peak = matmul_flops_per_s()
     result["matmul_flops_per_s"] = peak
     result["update_flops_fraction"] = round(result["turbo_kl_update_flops_per_s"] / peak, 3)

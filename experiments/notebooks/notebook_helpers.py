@@ -9,7 +9,7 @@
   displayed inline;
 - `write_tiny_model_dir(...)`: a random Qwen2.5-VL-architecture Hugging Face directory with the
   shipped tiny tokenizer (what `--config.model.path` expects), written locally;
-- `memory_estimate(trainer)`: the bytes a run needs on one device, before it starts
+- `memory_estimate(learner)`: the bytes a run needs on one device, before it starts
   (`human_bytes` prints them).
 """
 
@@ -161,15 +161,15 @@ def _bytes(tree) -> int:
     return sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
 
 
-def memory_estimate(trainer) -> MemoryEstimate:
-    """What the run of `trainer` (a `train.trainer.Trainer`, built but not run) needs on one
-    device; computed from shapes only (no parameter is allocated here)."""
+def memory_estimate(learner) -> MemoryEstimate:
+    """What the run of `learner` (a `train.learner.Learner`, e.g. `Trainer(...).learner` before
+    `run`) needs on one device; computed from shapes only (no parameter is allocated here)."""
     from flax import nnx
 
     from gtr_turbo_jax.models import Qwen25VL, ValueHead
     from gtr_turbo_jax.train.state import init_train_state
 
-    setup, config = trainer.setup, trainer.config
+    setup, config = learner.setup, learner.config
 
     def state_shapes():
         model = Qwen25VL(setup.model_config, lora=setup.lora, rngs=nnx.Rngs(0))
@@ -178,7 +178,7 @@ def memory_estimate(trainer) -> MemoryEstimate:
             widths=tuple(config.model.value_widths),
             rngs=nnx.Rngs(1),
         )
-        batch = trainer.batch_like()
+        batch = learner.batch_like()
         return init_train_state(model, value_head, setup.update, jax.random.key(0), batch)[1]
 
     state = jax.eval_shape(state_shapes)

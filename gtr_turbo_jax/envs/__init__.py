@@ -8,6 +8,10 @@ of its `EnvParams` (values that may change without recompiling: rewards, step li
 
 `agent_spec(name_or_env)` is what the agent must know of an env (`envs.agent.AgentSpec`: prompt
 wording, reply format, expert, grounding), which every env class carries.
+
+`module:Class` may also name a Python env (`envs.host.PythonEnv`: ALFWorld, any simulator that
+cannot run inside jit): `make` builds it from its constructor arguments (no `EnvParams`), and the
+trainer drives it through the host rollout (`is_python_env`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import gymnax.registration
 
 from gtr_turbo_jax.envs.agent import AgentSpec
 from gtr_turbo_jax.envs.base import VisualEnv
+from gtr_turbo_jax.envs.host import PythonEnv
 from gtr_turbo_jax.envs.wrappers import EarlyTermination, EpisodeStatistics, StepWrapper
 
 # name -> (module, class, gymnax id). Imported lazily: building one env never imports the others.
@@ -35,8 +40,9 @@ ENVS: dict[str, tuple[str, str, str]] = {
 DEFAULT_ENV = "sokoban"  # the command line's `--env` when none is given
 
 
-def env_class(name: str) -> type[VisualEnv]:
-    """The class of a shipped env's name (`ENVS`), or of `"module:Class"` (imported here)."""
+def env_class(name: str) -> type[VisualEnv] | type[PythonEnv]:
+    """The class of a shipped env's name (`ENVS`), or of `"module:Class"` (imported here): a
+    `VisualEnv` (JAX) or a `PythonEnv` subclass."""
     if name in ENVS:
         module, cls, _ = ENVS[name]
     else:
@@ -51,16 +57,33 @@ def env_class(name: str) -> type[VisualEnv]:
         raise ValueError(f"env {name!r}: cannot import {module!r}: {err}") from None
     if found is None:
         raise ValueError(f"env {name!r}: module {module!r} has no {cls!r}")
-    if not (isinstance(found, type) and issubclass(found, VisualEnv)):
-        raise ValueError(f"env {name!r}: {module}.{cls} is not a VisualEnv subclass")
+    if not (isinstance(found, type) and issubclass(found, (VisualEnv, PythonEnv))):
+        raise ValueError(
+            f"env {name!r}: {module}.{cls} is not a VisualEnv (JAX) or PythonEnv subclass"
+        )
     return found
 
 
-def make(name: str, **overrides: Any) -> tuple[VisualEnv, Any]:
-    """Build env `name` with `overrides` split between constructor arguments and `EnvParams`."""
+def is_python_env(env: str | Any) -> bool:
+    """Whether `env` (a name, an env or an env class) is a Python env (`PythonEnv`)."""
+    cls = env_class(env) if isinstance(env, str) else env if isinstance(env, type) else type(env)
+    return issubclass(cls, PythonEnv)
+
+
+def make(name: str, **overrides: Any) -> tuple[VisualEnv | PythonEnv, Any]:
+    """Build env `name` with `overrides` split between constructor arguments and `EnvParams` (a
+    Python env: constructor arguments only, and `None` for the params)."""
     cls = env_class(name)
     ctor_keys = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     ctor_args = {k: v for k, v in overrides.items() if k in ctor_keys}
+    if issubclass(cls, PythonEnv):
+        unknown = sorted(set(overrides) - set(ctor_keys))
+        if unknown:
+            raise ValueError(
+                f"unknown override(s) {', '.join(unknown)} for env {name!r}; valid: "
+                f"{', '.join(ctor_keys)}"
+            )
+        return cls(**ctor_args), None
     env = cls(**ctor_args)
     params = env.default_params
     param_keys = [f.name for f in dataclasses.fields(params)]
@@ -87,6 +110,8 @@ def override_defaults(name: str) -> dict[str, Any]:
     cls = env_class(name)
     ctor = inspect.signature(cls.__init__).parameters
     found = {k: p.default for k, p in ctor.items() if k != "self" and plain(p.default)}
+    if issubclass(cls, PythonEnv):
+        return found
     params = cls().default_params
     for f in dataclasses.fields(params):
         value = getattr(params, f.name)
@@ -96,7 +121,7 @@ def override_defaults(name: str) -> dict[str, Any]:
 
 
 @functools.cache
-def default_env(name: str) -> VisualEnv:
+def default_env(name: str) -> VisualEnv | PythonEnv:
     """The env `name` with no overrides, built once: the constants (action names, symbols, target)
     its expert and grounding grammar read."""
     return make(name)[0]
@@ -126,12 +151,14 @@ __all__ = [
     "ENVS",
     "AgentSpec",
     "EarlyTermination",
+    "PythonEnv",
     "EpisodeStatistics",
     "StepWrapper",
     "VisualEnv",
     "agent_spec",
     "default_env",
     "env_class",
+    "is_python_env",
     "make",
     "override_defaults",
 ]

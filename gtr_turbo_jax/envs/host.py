@@ -5,19 +5,27 @@ outside jit and returns what `jax.vmap(env.step)` over a JAX env would: stacked 
 rewards, terminated/truncated flags, automatic reset and `info["final_observation"]`. The host-driven
 rollout calls it exactly where the compiled rollout calls the JAX env.
 
-A Python env keeps the `HostEnv` protocol below. Its state lives inside the Python objects, so the
-`state` the adapter returns is only a record of episode bookkeeping: unlike a JAX env, stepping the
-same `state` twice does not replay it.
+A Python env keeps the `HostEnv` protocol below; `PythonEnv` is the base class of one that
+`gtr-turbo train --env=module:Class` trains (it carries an `AgentSpec` like a JAX env). Its state
+lives inside the Python objects, so the `state` the adapter returns is only a record of episode
+bookkeeping: unlike a JAX env, stepping the same `state` twice does not replay it.
+
+Seeds: env i is reset with a Python int drawn from `split(key, num_envs)[i]`, the key the compiled
+rollout hands JAX env i (`jax.random.bits`, 0..2**32-1), so a Python twin of a JAX env can draw
+its levels as the JAX env does (`PySokoban`: level `seed % N`, as `Sokoban`'s `bits(key) % N`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+
+from gtr_turbo_jax.envs.agent import AgentSpec
 
 
 class HostEnv(Protocol):
@@ -26,6 +34,32 @@ class HostEnv(Protocol):
     def reset(self, seed: int) -> dict[str, np.ndarray]: ...
 
     def step(self, action: int) -> tuple[dict[str, np.ndarray], float, bool, bool, dict]: ...
+
+
+class PythonEnv:
+    """Base class of a Python env that the CLI trains through the host rollout.
+
+    A subclass sets `action_names` and `agent_spec` (the prompt text, reply format and optional
+    expert / grounding, as a JAX env's) and implements `image_shape`, `reset(seed) -> obs` and
+    `step(action) -> (obs, reward, terminated, truncated, info)`, where `obs` is
+    `{"image": uint8[H, W, 3], **prompt_fields}` (numpy, the same shapes every step). Its
+    constructor arguments with plain defaults are the config's `env` section; a `split` argument
+    ("train" / "test") gives evaluation held-out episodes; `max_steps_in_episode` (an attribute)
+    bounds an evaluation episode."""
+
+    action_names: ClassVar[Sequence[str]] = ()
+    agent_spec: ClassVar[AgentSpec | None] = None
+    max_steps_in_episode: int = 100
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        raise NotImplementedError
+
+    def reset(self, seed: int) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def step(self, action: int) -> tuple[dict[str, np.ndarray], float, bool, bool, dict]:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -39,8 +73,12 @@ def _stack(observations: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def _seeds(key: jax.Array, n: int) -> list[int]:
-    """Python-int seeds drawn from a JAX key, so a run is reproducible from its key alone."""
-    return [int(s) for s in np.asarray(jax.random.randint(key, (n,), 0, 2**31 - 1))]
+    """Python-int seeds of the `n` envs from a JAX key: env i's from `split(key, n)[i]`, as the
+    compiled rollout splits it for JAX env i, so a run is reproducible from its key alone."""
+    keys = jax.random.split(key, n)
+    return [
+        int(s) for s in np.asarray(jax.vmap(lambda k: jax.random.bits(k, (), jnp.uint32))(keys))
+    ]
 
 
 class HostEnvAdapter:

@@ -66,7 +66,7 @@ class UpdateConfig:
     uniform over every correction of the run: `dagger_sampling="reservoir"` keeps such a uniform
     sample in `dagger_capacity` rows (`rl.reservoir_slots`); `ring` keeps the latest rows only.
     `turbo_sft` samples an unparseable teacher reply again up to `teacher_retries` times
-    (`train.teachers.retry_temperatures`).
+    (`train.sft_targets.retry_temperatures`).
 
     Advantages, `advantage`: `gae` (the paper's turn-level GAE on the critic's values) or `group`
     (`rl.group_advantages`, GiGPO: the rollout plays each level `group_size` times from the same
@@ -93,7 +93,7 @@ class UpdateConfig:
     code; the teacher is an adapter set like the policy's, so it costs one more LoRA's bytes);
     `dense` merges the per-kernel products `a @ b * scaling` (the paper's semantics): the teacher
     is a dense delta per adapted kernel (a base kernel's bytes each, float32), added to the base
-    kernels inside the teacher's forward (see `train.state.teacher_weights`). Without LoRA the
+    kernels inside the teacher's forward (see `train.teacher.teacher_weights`). Without LoRA the
     two coincide (every parameter is merged as a full weight).
     """
 

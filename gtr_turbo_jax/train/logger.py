@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
-# Per-level held-out outcomes, a JSON line per evaluation of a training run (`Trainer.evaluate`).
+# Per-level held-out outcomes, a JSON line per evaluation of a training run (`train.run_dir.RunDir.record_evaluation`).
 EVAL_LEVELS_FILE = "eval_episodes.jsonl"
 TENSORBOARD_DIR = "tb"
 STEP_KEY = "step"

@@ -5,16 +5,7 @@ parameters once; `policy` and `initial` (theta_0, the starting adapters, for tas
 LoRA states of the same structure. Without LoRA the trainable part is every parameter and `base`
 is empty (full fine-tuning; memory-hungry).
 
-The teacher, by `UpdateConfig.merge_space`:
-- `factored` (the authors' PEFT code): an adapter set of the policy's structure, merged leaf by
-  leaf; its forward is the model with the teacher's adapters on the shared base.
-- `dense` (the paper's semantics, LoRA only): one dense delta per adapted kernel, stored in the
-  kernel's `[out, in]` layout at the kernel's path (`.../q_proj/weight`), float32. Its forward
-  (`teacher_weights`) is the model with zero adapters on a base whose adapted kernels are
-  `W + delta`, built inside the step: a second copy of the adapted kernels while the teacher
-  scores (and the dense teacher itself: one more), which is fine for small models and LoRA-small
-  budgets, not for 7B. With a bfloat16 base, deltas below half an ulp of a kernel entry round
-  away in `W + delta`; a model-side hook (`y = x W^T + x delta`) would keep them.
+The teacher's part (`teacher`, `initial`, the snapshots) is read and written by `train.teacher`.
 
 Which parts exist depends on the mode, so the pytree structure is static per config: `teacher`
 only in the turbo modes; `initial` and the snapshot ring only for the TIES / linear merges; the
@@ -33,6 +24,7 @@ from gtr_turbo_jax.models import Qwen25VL, ValueHead
 from gtr_turbo_jax.models.defs import ModelDefs
 from gtr_turbo_jax.rollout.batch import Batch
 from gtr_turbo_jax.train.config import UpdateConfig, make_optimizer
+from gtr_turbo_jax.train.teacher import initial_teacher
 
 
 @struct.dataclass
@@ -105,65 +97,6 @@ def split_model(model: Qwen25VL) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
     return graphdef, trainable, base
 
 
-def lora_pairs(adapters: nnx.State) -> dict[tuple, tuple[jax.Array, jax.Array]]:
-    """`{linear path: (a, b)}` of a LoRA state (leaves may carry leading axes, e.g. snapshots)."""
-    flat = dict(nnx.to_flat_state(adapters))
-    return {
-        path[:-1]: (variable[...], flat[(*path[:-1], "lora_b")][...])
-        for path, variable in flat.items()
-        if path[-1] == "lora_a"
-    }
-
-
-def kernel_path(linear_path: tuple) -> tuple:
-    """Where a linear layer's kernel (`[out, in]`) sits in the base state."""
-    return (*linear_path, "weight")
-
-
-def kernel_deltas(adapters: nnx.State, base: nnx.State, scale: float) -> nnx.State:
-    """The dense delta `(a @ b * scale)^T` of each adapted kernel, float32, in the kernel's
-    `[out, in]` layout at the kernel's path (the dense teacher's structure)."""
-    kernels = dict(nnx.to_flat_state(base))
-    return nnx.from_flat_state(
-        {
-            kernel_path(path): kernels[kernel_path(path)].replace(
-                scale * jnp.matmul(a, b, preferred_element_type=jnp.float32).T
-            )
-            for path, (a, b) in lora_pairs(adapters).items()
-        }
-    )
-
-
-def teacher_weights(state: TrainState, config: UpdateConfig) -> tuple[nnx.State, nnx.State]:
-    """`(adapters, base)` of the teacher's forward, for `nnx.merge(defs.model, adapters, base)`.
-
-    Factored: the teacher's adapters on the shared base. Dense: zero adapters (the LoRA branch
-    then adds nothing) on a base whose adapted kernels are `W + delta`, in the kernel's dtype.
-    """
-    if not config.uses_teacher:
-        raise ValueError(f"mode={config.mode!r} has no teacher: use turbo_sft or turbo_kl")
-    if not is_dense_teacher(state, config):
-        return state.teacher, state.base
-    zero_adapters = jax.tree.map(jnp.zeros_like, state.policy)
-    kernels = dict(nnx.to_flat_state(state.base))
-    shifted = nnx.from_flat_state(
-        {
-            path: kernels[path].replace(
-                (kernels[path][...].astype(jnp.float32) + delta[...]).astype(
-                    kernels[path][...].dtype
-                )
-            )
-            for path, delta in nnx.to_flat_state(state.teacher)
-        }
-    )
-    return zero_adapters, nnx.merge_state(state.base, shifted)
-
-
-def is_dense_teacher(state: TrainState, config: UpdateConfig) -> bool:
-    """Dense merge space on a LoRA model (without LoRA, both spaces merge the full weights)."""
-    return config.uses_teacher and config.merge_space == "dense" and state.lora_scale > 0.0
-
-
 def init_train_state(
     model: Qwen25VL,
     value_head: ValueHead,
@@ -216,7 +149,5 @@ def init_train_state(
         lora_scale=lora_scale,
     )
     if config.uses_teacher:
-        dense = is_dense_teacher(state, config)
-        teacher = kernel_deltas(trainable, base, lora_scale) if dense else copy(trainable)
-        state = state.replace(teacher=teacher)
+        state = state.replace(teacher=initial_teacher(trainable, base, lora_scale, config))
     return ModelDefs(graphdef, value_graphdef), state

@@ -1,22 +1,25 @@
 """The one compiled update: `update_step(state, batch, defs, config) -> (state, metrics)`.
 
-In order, all inside one `jax.jit` (state donated; `defs` and `config` static):
-1. flatten `[turns, envs]` to samples; the old per-token log-probs, values and thought entropy
-   are the rollout's (its sampler scored the same tokens under the same parameters), or with
-   `config.rescore` a full forward of every reply under its prompt and image (no dropout);
-2. `turbo_kl`: the teacher (same base; its adapters, or its dense kernel deltas) scores the same
-   replies; `rl.thought_kl` at temperature 1 on the thought tokens (`kl_estimator="forward"`:
+In order, all inside one `jax.jit` (state donated; `defs` and `config` static), one named
+function a step (`_update_step` reads as this list):
+1-2. `old_scores`: flatten `[turns, envs]` to samples; the old per-token log-probs, values and
+   thought entropy are the rollout's (its sampler scored the same tokens under the same
+   parameters), or with `config.rescore` a full forward of every reply (no dropout); `turbo_kl`:
+   the teacher (same base; its adapters, or its dense kernel deltas) scores the same replies,
+   `rl.thought_kl` at temperature 1 on the thought tokens (`kl_estimator="forward"`:
    `rl.forward_kl` over the vocabulary, which adds the policy's own forward);
-3. turn-level GAE on `[turns, envs]` and shaped advantages `A' = A + format - beta * KL` (KL = 0
-   outside `turbo_kl`; where the format reward enters is `config.format_reward_mode`, see
-   `advantages_and_returns`); the value target is `A' + V`; advantages normalised;
+3. `ppo_targets`: turn-level GAE on `[turns, envs]` and shaped advantages
+   `A' = A + format - beta * KL` (`advantages_and_returns`: where the format reward enters is
+   `config.format_reward_mode`); the value target is `A' + V`; advantages normalised;
 4. SFT variants: the batch's labelled teacher replies are pushed into the DAgger buffer (a
    reservoir of every correction so far, or a ring: `dagger_sampling`);
-5. PPO epochs (`lax.scan`), optimizer steps over a permutation (`lax.scan`), gradient accumulation
-   over micro-batches (`lax.scan`); each micro-batch is paired with `config.sft_rows` uniform
-   draws from the DAgger buffer (SFT variants). A step whose gradient is not finite is skipped;
-6. turbo modes: a snapshot of the task vector after every epoch; every `merge_interval` updates the
-   teacher is re-merged (`merge_teacher`; `lax.cond`: merge and no-merge updates are one program).
+5. `ppo_epochs`: epochs (`lax.scan`) of `optimizer_step`s over a permutation (`lax.scan`), each
+   accumulating `loss_fn`'s gradient over micro-batches (`lax.scan`); SFT variants pair each
+   micro-batch with `config.sft_rows` draws from the DAgger buffer; a step whose gradient is not
+   finite is skipped; turbo modes snapshot the task vector after every epoch
+   (`train.teacher.push_snapshot`);
+6. `train.teacher.remerge`: every `merge_interval` updates the teacher is re-merged (`lax.cond`:
+   merge and no-merge updates are one program); then `update_metrics`.
 
 The learning rate is set from `state.update_count` (cosine over updates). Metrics are scalars in a
 dict; `finite` is 1.0 when every loss and gradient of the update was finite.
@@ -24,7 +27,7 @@ dict; `finite` is 1.0 when every loss and gradient of the update was finite.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,20 +35,11 @@ import optax
 from flax import nnx
 
 from gtr_turbo_jax import rl
-from gtr_turbo_jax.rl.merge import lora_task_products
 from gtr_turbo_jax.rollout.batch import Batch
+from gtr_turbo_jax.train import teacher as teacher_lib
 from gtr_turbo_jax.train.config import UpdateConfig, learning_rate_at, make_optimizer
 from gtr_turbo_jax.train.scoring import score_replies
-from gtr_turbo_jax.train.state import (
-    DaggerBuffer,
-    ModelDefs,
-    TrainState,
-    is_dense_teacher,
-    kernel_deltas,
-    kernel_path,
-    lora_pairs,
-    teacher_weights,
-)
+from gtr_turbo_jax.train.state import DaggerBuffer, ModelDefs, TrainState
 
 Metrics = dict[str, jax.Array]
 PyTree = Any
@@ -79,11 +73,6 @@ def _tree_where(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
-def _global_distance(a: PyTree, b: PyTree) -> jax.Array:
-    squares = jax.tree.map(lambda x, y: jnp.sum(jnp.square(x - y)), a, b)
-    return jnp.sqrt(sum(jax.tree.leaves(squares), jnp.zeros((), jnp.float32)))
-
-
 def _push_dagger(
     dagger: DaggerBuffer, samples: Batch, sampling: str, key: jax.Array
 ) -> DaggerBuffer:
@@ -105,61 +94,6 @@ def _push_dagger(
         reply_ids=write(dagger.reply_ids, samples.teacher_ids),
         label_mask=write(dagger.label_mask, samples.teacher_label_mask),
         count=dagger.count + jnp.sum(labelled, dtype=jnp.int32),
-    )
-
-
-def merge_teacher(state: TrainState, policy: nnx.State, config: UpdateConfig) -> nnx.State:
-    """The re-merged teacher, in the structure of `state.teacher`.
-
-    EMA: `alpha * policy + (1 - alpha) * teacher`. TIES / linear: `theta_0 + merge(tau_i)` with SMA
-    weights, over every snapshot so far (`merge_window="all"`, from the running sums) or the ring;
-    factored, on the LoRA `a` / `b` task vectors leaf by leaf;
-    dense, on the per-kernel products (`rl.merge.lora_task_products`, an `[S, in, out]` stack per
-    kernel while it merges), stored as `[out, in]` kernel deltas.
-    """
-    dense = is_dense_teacher(state, config)
-    if config.merge_method == "ema":
-        target = kernel_deltas(policy, state.base, state.lora_scale) if dense else policy
-        return rl.ema_merge(state.teacher, target, config.ema_alpha)
-    if config.merge_window == "all":  # factored or full weights (`init_train_state` checks)
-        merged = rl.running_sums_merge(
-            state.snapshots, state.snapshot_count, config.merge_method, config.merge_scale
-        )
-        return jax.tree.map(
-            lambda theta0, tau: theta0 + tau.astype(theta0.dtype), state.initial, merged
-        )
-    weights = rl.sma_weights(state.snapshot_valid)
-    merge = lambda deltas: rl.merge_deltas(
-        deltas, weights, config.merge_method, config.merge_density, config.merge_scale
-    )
-    if not dense:
-        merged = merge(state.snapshots)
-        return jax.tree.map(
-            lambda theta0, tau: theta0 + tau.astype(theta0.dtype), state.initial, merged
-        )
-    initial, snapshots, scale = (
-        lora_pairs(state.initial),
-        lora_pairs(state.snapshots),
-        state.lora_scale,
-    )
-    # Keyed by strings: pytree dict keys are sorted, and paths mix ints and strings.
-    names = {"/".join(map(str, path)): path for path in snapshots}
-    taus = {
-        name: lora_task_products(*snapshots[path], *initial[path], scale)
-        for name, path in names.items()
-    }
-    merged = merge(taus)
-    teacher = dict(nnx.to_flat_state(state.teacher))
-    return nnx.from_flat_state(
-        {
-            kernel_path(path): teacher[kernel_path(path)].replace(
-                (
-                    scale * jnp.matmul(*initial[path], preferred_element_type=jnp.float32)
-                    + merged[name]
-                ).T
-            )
-            for name, path in names.items()
-        }
     )
 
 
@@ -218,49 +152,39 @@ def trained_samples(batch: Batch, config: UpdateConfig) -> jax.Array:
     return jnp.ones((batch.num_samples,), bool)
 
 
-def _update_step(
-    state: TrainState, batch: Batch, defs: ModelDefs, config: UpdateConfig
-) -> tuple[TrainState, Metrics]:
-    """One PPO / GTR / GTR-Turbo update of `state` on `batch` (see the module docstring).
+class Scorer:
+    """Forwards of the model on rows of samples: `score(adapters, base, rows, reply_ids,
+    reply_mask, dropout_key)`, with the batch's static image grid (`rows`: anything with
+    `prompt_ids`, `prompt_mask`, `image_patches`)."""
 
-    `defs` and `config` are static; `state` is donated (its arrays, the modules' too if the state
-    was just built from them, are consumed). Returns `(new_state, metrics)`.
-    """
-    check_compatible(state, batch, config)
-    grid = batch.image_grid_thw
-    num_samples, micro = batch.num_samples, config.minibatch_size
-    samples = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
-    value_head = lambda params, hidden: nnx.merge(defs.value_head, params)(hidden)
-    # `value_backbone_grad=False`: the value loss trains the head alone (the backbone's features
-    # are the policy's); the paper's critic shares the backbone and its gradient.
-    critic_input = (lambda h: h) if config.value_backbone_grad else jax.lax.stop_gradient
+    def __init__(self, defs: ModelDefs, grid: tuple):
+        self.defs, self.grid = defs, grid
 
-    def score(adapters, base, prompts, reply_ids, reply_mask, dropout_key=None):
-        """`prompts`: anything with `prompt_ids`, `prompt_mask`, `image_patches` rows."""
+    def __call__(self, adapters, base, rows, reply_ids, reply_mask, dropout_key=None):
         return score_replies(
-            defs.model,
-            base,
-            adapters,
-            prompts.prompt_ids,
-            prompts.prompt_mask,
-            prompts.image_patches,
-            reply_ids,
-            reply_mask,
-            grid,
-            dropout_key,
-        )
+            self.defs.model, base, adapters, rows.prompt_ids, rows.prompt_mask,
+            rows.image_patches, reply_ids, reply_mask, self.grid, dropout_key,
+        )  # fmt: skip
 
-    # 1-2. Old log-probs, values, thought entropy and (turbo_kl) the teacher's log-probs. The
-    # rollout's sampler recorded the policy's own numbers for the same tokens under the same
-    # parameters; `rescore` recomputes them with a full forward (a check, or for scripted
-    # replies). The teacher's weights are built once, outside the loop (dense: base + deltas).
-    teacher = teacher_weights(state, config) if config.mode == "turbo_kl" else None
+    def value(self, params: nnx.State, hidden: jax.Array) -> jax.Array:
+        return nnx.merge(self.defs.value_head, params)(hidden)
 
-    # The forward KL sums over the whole vocabulary: it needs the policy's logits, not only the
-    # log-probs of the sampled tokens that the rollout recorded.
+
+def old_scores(
+    state: TrainState, samples: Batch, score: Scorer, config: UpdateConfig
+) -> dict[str, jax.Array]:
+    """Per sample, before the update: the per-token log-probs at the PPO temperature
+    (`token_logp`) and at 1 (`logp_unit`), the value, the thought entropy and (turbo_kl) the
+    thought KL to the teacher (`kl`).
+
+    The rollout's sampler recorded the policy's own numbers for the same tokens under the same
+    parameters; `rescore` recomputes them with a full forward (a check, or for scripted replies).
+    The forward KL sums over the whole vocabulary, so it needs the policy's logits too. Forwards
+    run a micro-batch at a time; the teacher's weights are built once (dense: base + deltas)."""
+    teacher = teacher_lib.teacher_weights(state, config) if config.mode == "turbo_kl" else None
     forward = teacher is not None and config.kl_estimator == "forward"
 
-    def old_scores(rows: Batch) -> dict[str, jax.Array]:
+    def scores(rows: Batch) -> dict[str, jax.Array]:
         if config.rescore or forward:
             policy = score(state.policy, state.base, rows, rows.response_ids, rows.response_mask)
         if config.rescore:
@@ -269,7 +193,7 @@ def _update_step(
                     policy.logits, rows.response_ids, config.temperature
                 ),
                 "logp_unit": rl.token_logprobs(policy.logits, rows.response_ids),
-                "value": value_head(state.value_head, policy.prompt_hidden),
+                "value": score.value(state.value_head, policy.prompt_hidden),
                 "entropy": rl.thought_entropy(policy.logits, rows.thought_mask),
             }
         else:
@@ -298,207 +222,262 @@ def _update_step(
                 )
         return out
 
-    if config.rescore or teacher is not None:  # forwards: a micro-batch at a time
+    if config.rescore or teacher is not None:
+        num_samples, micro = samples.reward.shape[0], config.minibatch_size
         chunked = jax.tree.map(lambda x: x.reshape(-1, micro, *x.shape[1:]), samples)
-        old = jax.lax.map(old_scores, chunked)
+        old = jax.lax.map(scores, chunked)
         old = jax.tree.map(lambda x: x.reshape(num_samples, *x.shape[2:]), old)
     else:
-        old = old_scores(samples)
-    old = jax.lax.stop_gradient(old)
-    # The thought tokens of PPO's lambda-weighted log-prob (`thought_skip_tokens`: the authors'
-    # sum leaves out the reply's first tokens).
-    summed = lambda rows: rl.skip_leading_tokens(rows.thought_mask, config.thought_skip_tokens)
-    old_logp = rl.lambda_logprob(
-        old["token_logp"], summed(samples), samples.action_mask, config.thought_lambda
-    )
-    kl = old.get("kl", jnp.zeros((num_samples,), jnp.float32))
+        old = scores(samples)
+    return jax.lax.stop_gradient(old)
 
-    # 3. GAE on [turns, envs], shaped advantages and value targets.
+
+class Targets(NamedTuple):
+    """What PPO's loss compares each sample against, all `[samples]`."""
+
+    old_logp: jax.Array  # the lambda-weighted thought + action log-prob before the update
+    token_logp: jax.Array  # [samples, reply] per-token log-probs before the update
+    value: jax.Array  # the value before the update
+    returns: jax.Array  # value targets `A' + V`
+    advantages: jax.Array  # `A'`, normalised over the trained samples
+    trained: jax.Array  # bool: the samples the update trains on
+
+
+def summed_thoughts(rows: Batch, config: UpdateConfig) -> jax.Array:
+    """The thought tokens of PPO's lambda-weighted log-prob (`thought_skip_tokens`: the authors'
+    sum leaves out the reply's first tokens)."""
+    return rl.skip_leading_tokens(rows.thought_mask, config.thought_skip_tokens)
+
+
+def ppo_targets(
+    batch: Batch, samples: Batch, old: dict[str, jax.Array], config: UpdateConfig
+) -> tuple[Targets, jax.Array]:
+    """The targets, and the shaped advantages before normalisation (for the metrics)."""
+    kl = old.get("kl", jnp.zeros((samples.reward.shape[0],), jnp.float32))
     shaped, returns = advantages_and_returns(
         batch, old["value"].reshape(batch.turns, batch.envs), kl, config
     )
     trained = trained_samples(batch, config)
+    old_logp = rl.lambda_logprob(
+        old["token_logp"], summed_thoughts(samples, config), samples.action_mask,
+        config.thought_lambda,
+    )  # fmt: skip
     normalized = rl.normalize_advantages(shaped, trained, eps=config.advantage_eps)
+    return Targets(old_logp, old["token_logp"], old["value"], returns, normalized, trained), shaped
 
-    # 4. DAgger buffer.
-    dagger = state.dagger
-    if config.uses_sft:  # its own key, so the other draws of the update stay as they are
-        dagger_key = jax.random.fold_in(state.key, 1)
-        dagger = _push_dagger(dagger, samples, config.dagger_sampling, dagger_key)
-    dagger_filled = jnp.minimum(dagger.count, max(dagger.capacity, 1))
 
-    # 5. PPO.
-    optimizer = make_optimizer(config)
-    lr = learning_rate_at(config, state.update_count)
-    clip_state, adam_state = state.opt_state
-    adam_state = adam_state._replace(
-        hyperparams={**adam_state.hyperparams, "learning_rate": lr.astype(jnp.float32)}
+def loss_fn(
+    trainable: tuple[nnx.State, nnx.State],
+    index: jax.Array,
+    key: jax.Array,
+    state: TrainState,
+    samples: Batch,
+    targets: Targets,
+    dagger: DaggerBuffer,
+    score: Scorer,
+    config: UpdateConfig,
+) -> tuple[jax.Array, Metrics]:
+    """PPO's loss on the micro-batch `samples[index]` (plus, SFT modes, the SFT loss on
+    `config.sft_rows` uniform draws from the DAgger buffer)."""
+    policy, value_params = trainable
+    rows = jax.tree.map(lambda x: x[index], samples)
+    # No dropout in the PPO forward: the old log-probs (the sampler's, or the re-scoring's) were
+    # taken without it, so the ratio is exactly 1 before the first step. LoRA dropout stays in
+    # the SFT term.
+    _, sft_key, sft_dropout_key = jax.random.split(key, 3)
+    scores = score(policy, state.base, rows, rows.response_ids, rows.response_mask)
+    token_logp = rl.token_logprobs(scores.logits, rows.response_ids, config.temperature)
+    # `value_backbone_grad=False`: the value loss trains the head alone (the backbone's features
+    # are the policy's); the paper's critic shares the backbone and its gradient.
+    hidden = scores.prompt_hidden
+    hidden = hidden if config.value_backbone_grad else jax.lax.stop_gradient(hidden)
+    value_terms = (score.value(value_params, hidden), targets.value[index], targets.returns[index])
+    clipping = dict(
+        clip_eps=config.clip_eps,
+        value_clip_eps=config.value_clip_eps,
+        value_coef=config.value_coef,
+        ratio_guard=config.ratio_guard,
     )
-    opt_state = (clip_state, adam_state)
-
-    def loss_fn(trainable, index, key):
-        policy, value_params = trainable
-        rows = jax.tree.map(lambda x: x[index], samples)
-        # No dropout in the PPO forward: the old log-probs (the sampler's, or the re-scoring's)
-        # were taken without it, so the ratio is exactly 1 before the first step. LoRA dropout
-        # stays in the SFT term.
-        _, sft_key, sft_dropout_key = jax.random.split(key, 3)
-        scores = score(policy, state.base, rows, rows.response_ids, rows.response_mask)
-        token_logp = rl.token_logprobs(scores.logits, rows.response_ids, config.temperature)
-        value_terms = (
-            value_head(value_params, critic_input(scores.prompt_hidden)),
-            old["value"][index],
-            returns[index],
+    summed = summed_thoughts(rows, config)
+    advantages, trained = targets.advantages[index], targets.trained[index]
+    if config.ratio_level == "token":
+        weights = rl.lambda_token_weights(summed, rows.action_mask, config.thought_lambda)
+        loss, metrics = rl.token_ppo_loss(
+            token_logp, targets.token_logp[index], weights, advantages, *value_terms, trained,
+            **clipping,
+        )  # fmt: skip
+    else:
+        logp = rl.lambda_logprob(token_logp, summed, rows.action_mask, config.thought_lambda)
+        loss, metrics = rl.ppo_loss(
+            logp, targets.old_logp[index], advantages, *value_terms, trained, **clipping
         )
-        clipping = dict(
-            clip_eps=config.clip_eps,
-            value_clip_eps=config.value_clip_eps,
-            value_coef=config.value_coef,
-            ratio_guard=config.ratio_guard,
-        )
-        rows_trained = trained[index]
-        if config.ratio_level == "token":
-            weights = rl.lambda_token_weights(summed(rows), rows.action_mask, config.thought_lambda)
-            loss, metrics = rl.token_ppo_loss(
-                token_logp, old["token_logp"][index], weights, normalized[index], *value_terms,
-                rows_trained, **clipping,
-            )  # fmt: skip
-        else:
-            logp = rl.lambda_logprob(
-                token_logp, summed(rows), rows.action_mask, config.thought_lambda
-            )
-            loss, metrics = rl.ppo_loss(
-                logp, old_logp[index], normalized[index], *value_terms, rows_trained,
-                **clipping,
-            )  # fmt: skip
-        if config.uses_sft:
-            pick = jax.random.randint(sft_key, (config.sft_rows,), 0, dagger_filled)
-            pairs = dagger.rows(pick)
-            # The whole reply is attended (the action span too): only labels are masked, and the
-            # right padding comes after every labelled token, so causality makes it harmless.
-            reply_mask = jnp.ones_like(pairs.reply_ids)
-            sft_scores = score(
-                policy, state.base, pairs, pairs.reply_ids, reply_mask, sft_dropout_key
-            )
-            sft = rl.sft_loss(sft_scores.logits, pairs.reply_ids, pairs.label_mask)
-            sft = jnp.where(dagger.count > 0, sft, 0.0)
-            loss = loss + config.sft_coef * sft
-            metrics = {**metrics, "loss": loss, "sft_loss": sft}
-        return loss, metrics
+    if config.uses_sft:
+        filled = jnp.minimum(dagger.count, max(dagger.capacity, 1))
+        pairs = dagger.rows(jax.random.randint(sft_key, (config.sft_rows,), 0, filled))
+        # The whole reply is attended (the action span too): only labels are masked, and the
+        # right padding comes after every labelled token, so causality makes it harmless.
+        reply_mask = jnp.ones_like(pairs.reply_ids)
+        sft_scores = score(policy, state.base, pairs, pairs.reply_ids, reply_mask, sft_dropout_key)
+        sft = rl.sft_loss(sft_scores.logits, pairs.reply_ids, pairs.label_mask)
+        sft = jnp.where(dagger.count > 0, sft, 0.0)
+        loss = loss + config.sft_coef * sft
+        metrics = {**metrics, "loss": loss, "sft_loss": sft}
+    return loss, metrics
 
-    grad_fn = jax.grad(loss_fn, has_aux=True)
 
-    def optimizer_step(carry, step):
-        trainable, opt_state = carry
-        indices, keys = step  # [accum, micro], [accum]
+def optimizer_step(carry, step, grad_fn, optimizer, config: UpdateConfig):
+    """One Adam step on the mean gradient of `grad_accum_steps` micro-batches (`lax.scan`). A
+    step whose gradient or loss is not finite is skipped, not applied: the state stays usable,
+    the `finite` metric reports it."""
+    trainable, opt_state = carry
+    indices, keys = step  # [accum, micro], [accum]
 
-        def accumulate(grad_sum, micro_step):
-            grads, metrics = grad_fn(trainable, *micro_step)
-            return jax.tree.map(jnp.add, grad_sum, grads), metrics
+    def accumulate(grad_sum, micro_step):
+        grads, metrics = grad_fn(trainable, *micro_step)
+        return jax.tree.map(jnp.add, grad_sum, grads), metrics
 
-        zeros = jax.tree.map(jnp.zeros_like, trainable)
-        grad_sum, metrics = jax.lax.scan(accumulate, zeros, (indices, keys))
-        grads = jax.tree.map(lambda g: g / config.grad_accum_steps, grad_sum)
-        grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(grad_norm) & jnp.all(jnp.isfinite(metrics["loss"]))
-        updates, new_opt_state = optimizer.update(grads, opt_state, trainable)
-        if config.value_lr_scale != 1.0:  # the critic's own step size (static: one program)
-            scaled = jax.tree.map(lambda u: u * config.value_lr_scale, updates[1])
-            updates = (updates[0], scaled)
-        new_trainable = optax.apply_updates(trainable, updates)
-        # A non-finite step is skipped, not applied: the state stays usable, `finite` reports it.
-        carry = _tree_where(finite, (new_trainable, new_opt_state), (trainable, opt_state))
-        metrics = jax.tree.map(jnp.mean, metrics)
-        return carry, {**metrics, "grad_norm": grad_norm, "finite": finite.astype(jnp.float32)}
+    zeros = jax.tree.map(jnp.zeros_like, trainable)
+    grad_sum, metrics = jax.lax.scan(accumulate, zeros, (indices, keys))
+    grads = jax.tree.map(lambda g: g / config.grad_accum_steps, grad_sum)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(grad_norm) & jnp.all(jnp.isfinite(metrics["loss"]))
+    updates, new_opt_state = optimizer.update(grads, opt_state, trainable)
+    if config.value_lr_scale != 1.0:  # the critic's own step size (static: one program)
+        updates = (updates[0], jax.tree.map(lambda u: u * config.value_lr_scale, updates[1]))
+    new_trainable = optax.apply_updates(trainable, updates)
+    carry = _tree_where(finite, (new_trainable, new_opt_state), (trainable, opt_state))
+    metrics = jax.tree.map(jnp.mean, metrics)
+    return carry, {**metrics, "grad_norm": grad_norm, "finite": finite.astype(jnp.float32)}
+
+
+def ppo_epochs(
+    state: TrainState,
+    samples: Batch,
+    targets: Targets,
+    dagger: DaggerBuffer,
+    lr: jax.Array,
+    key: jax.Array,
+    score: Scorer,
+    config: UpdateConfig,
+) -> tuple[TrainState, Metrics]:
+    """`ppo_epochs` passes (`lax.scan`), each over a fresh permutation of the samples in optimizer
+    steps (`lax.scan`); turbo modes snapshot the task vector after every epoch. Returns the state
+    with the new policy, value head, optimizer state and snapshots, and per-step metrics."""
+    optimizer = make_optimizer(config)
+    clip_state, adam_state = state.opt_state
+    hyperparams = {**adam_state.hyperparams, "learning_rate": lr.astype(jnp.float32)}
+    opt_state = (clip_state, adam_state._replace(hyperparams=hyperparams))
+    grad_fn = jax.grad(
+        lambda trainable, index, key: loss_fn(
+            trainable, index, key, state, samples, targets, dagger, score, config
+        ),
+        has_aux=True,
+    )
+    step = lambda carry, xs: optimizer_step(carry, xs, grad_fn, optimizer, config)
 
     def epoch(carry, key):
         trainable, opt_state, snapshots, snapshot_valid, snapshot_count = carry
         order_key, step_key = jax.random.split(key)
-        indices = jax.random.permutation(order_key, num_samples)
-        indices = indices.reshape(-1, config.grad_accum_steps, micro)
+        indices = jax.random.permutation(order_key, samples.reward.shape[0])
+        indices = indices.reshape(-1, config.grad_accum_steps, config.minibatch_size)
         keys = jax.random.split(step_key, indices.shape[:2])
         (trainable, opt_state), metrics = jax.lax.scan(
-            optimizer_step, (trainable, opt_state), (indices, keys)
+            step, (trainable, opt_state), (indices, keys)
         )
         if config.uses_snapshots:
-            task_vector = jax.tree.map(jnp.subtract, trainable[0], state.initial)
-            if config.merge_window == "all":
-                density = config.merge_density if config.merge_method == "ties" else None
-                snapshots = rl.running_sums_push(snapshots, task_vector, density)
-            else:
-                snapshots, snapshot_valid = rl.push_snapshot(
-                    snapshots, snapshot_valid, snapshot_count, task_vector
-                )
-            snapshot_count = snapshot_count + 1
+            snapshots, snapshot_valid, snapshot_count = teacher_lib.push_snapshot(
+                snapshots, snapshot_valid, snapshot_count, trainable[0], state.initial, config
+            )
         return (trainable, opt_state, snapshots, snapshot_valid, snapshot_count), metrics
 
-    key, epochs_key = jax.random.split(state.key)
     carry = (
-        state.trainable,
-        opt_state,
-        state.snapshots,
-        state.snapshot_valid,
-        state.snapshot_count,
-    )
-    carry, step_metrics = jax.lax.scan(
-        epoch, carry, jax.random.split(epochs_key, config.ppo_epochs)
-    )
+        state.trainable, opt_state, state.snapshots, state.snapshot_valid, state.snapshot_count
+    )  # fmt: skip
+    carry, metrics = jax.lax.scan(epoch, carry, jax.random.split(key, config.ppo_epochs))
     (policy, value_params), opt_state, snapshots, snapshot_valid, snapshot_count = carry
-
-    # 6. Teacher merge.
     state = state.replace(
-        snapshots=snapshots, snapshot_valid=snapshot_valid, snapshot_count=snapshot_count
+        policy=policy,
+        value_head=value_params,
+        opt_state=opt_state,
+        snapshots=snapshots,
+        snapshot_valid=snapshot_valid,
+        snapshot_count=snapshot_count,
     )
-    merged_now = jnp.zeros((), bool)
-    teacher = state.teacher
-    distance = jnp.zeros((), jnp.float32)
-    if config.uses_teacher:
-        merged_now = (state.update_count + 1) % config.merge_interval == 0
-        # `teacher_source="initial"`: the paper's static-teacher ablation (Fig. 6), never re-merged.
-        merged_now = merged_now & (config.teacher_source == "merged")
-        teacher = jax.lax.cond(
-            merged_now, lambda: merge_teacher(state, policy, config), lambda: state.teacher
-        )
-        dense = is_dense_teacher(state, config)
-        as_teacher = kernel_deltas(policy, state.base, state.lora_scale) if dense else policy
-        distance = _global_distance(teacher, as_teacher)
+    return state, metrics
 
+
+def update_metrics(
+    step_metrics: Metrics,
+    samples: Batch,
+    old: dict[str, jax.Array],
+    shaped: jax.Array,
+    targets: Targets,
+    **scalars: jax.Array,
+) -> Metrics:
+    """The update's scalars: means of the per-step metrics, the batch's and the teacher's.
+    `finite` is 1.0 when every loss, gradient and metric of the update was finite."""
     valid = samples.valid.astype(bool)
-    any_valid = jnp.any(valid)
+    kl = old.get("kl", jnp.zeros((samples.reward.shape[0],), jnp.float32))
     metrics = {name: jnp.mean(value) for name, value in step_metrics.items()}
     metrics.update(
         finite=jnp.min(step_metrics["finite"]),
         grad_norm_max=jnp.max(step_metrics["grad_norm"]),
-        learning_rate=lr,
         kl_mean=jnp.sum(jnp.where(valid, kl, 0.0)) / jnp.maximum(jnp.sum(valid), 1),
-        kl_max=jnp.where(any_valid, jnp.max(jnp.where(valid, kl, -jnp.inf)), 0.0),
+        kl_max=jnp.where(jnp.any(valid), jnp.max(jnp.where(valid, kl, -jnp.inf)), 0.0),
         thought_entropy=jnp.mean(old["entropy"]),
         value_mean=jnp.mean(old["value"]),
         advantage_mean=jnp.mean(shaped),
         advantage_std=jnp.std(shaped),
-        return_mean=jnp.mean(returns),
-        reward_mean=jnp.mean(batch.reward.astype(jnp.float32)),
+        return_mean=jnp.mean(targets.returns),
+        reward_mean=jnp.mean(samples.reward.astype(jnp.float32)),
         valid_fraction=jnp.mean(valid.astype(jnp.float32)),
         # 0 unless `rescore`: how far the full forward's log-probs are from the sampler's.
         sampler_logp_gap=rl.masked_token_mean(
             jnp.abs(old["token_logp"] - samples.sampler_logp), samples.response_mask
         ).mean(),
-        teacher_policy_distance=distance,
-        merged=merged_now.astype(jnp.float32),
-        dagger_size=dagger_filled.astype(jnp.float32),
+        **scalars,
     )
     finite_metrics = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in metrics.values()]))
-    metrics["finite"] = (metrics["finite"] > 0) & finite_metrics
-    metrics["finite"] = metrics["finite"].astype(jnp.float32)
+    metrics["finite"] = ((metrics["finite"] > 0) & finite_metrics).astype(jnp.float32)
+    return metrics
 
-    new_state = state.replace(
-        policy=policy,
-        value_head=value_params,
-        teacher=teacher,
-        opt_state=opt_state,
-        dagger=dagger,
-        key=key,
-        update_count=state.update_count + 1,
+
+def _update_step(
+    state: TrainState, batch: Batch, defs: ModelDefs, config: UpdateConfig
+) -> tuple[TrainState, Metrics]:
+    """One PPO / GTR / GTR-Turbo update of `state` on `batch` (see the module docstring).
+
+    `defs` and `config` are static; `state` is donated (its arrays, the modules' too if the state
+    was just built from them, are consumed). Returns `(new_state, metrics)`.
+    """
+    check_compatible(state, batch, config)
+    # [turns * envs, ...] (`Batch`'s turn and env counts no longer apply: `reward.shape[0]`).
+    samples = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
+    score = Scorer(defs, batch.image_grid_thw)
+    old = old_scores(state, samples, score, config)  # 1-2
+    targets, shaped = ppo_targets(batch, samples, old, config)  # 3
+    dagger = state.dagger
+    if config.uses_sft:  # 4; its own key, so the other draws of the update stay as they are
+        dagger = _push_dagger(
+            dagger, samples, config.dagger_sampling, jax.random.fold_in(state.key, 1)
+        )
+    lr = learning_rate_at(config, state.update_count)
+    key, epochs_key = jax.random.split(state.key)
+    trained, step_metrics = ppo_epochs(
+        state, samples, targets, dagger, lr, epochs_key, score, config
+    )  # 5
+    teacher, merged_now, distance = teacher_lib.remerge(
+        trained, trained.policy, state.update_count, config
+    )  # 6
+    metrics = update_metrics(
+        step_metrics, samples, old, shaped, targets,
+        learning_rate=lr,
+        teacher_policy_distance=distance,
+        merged=merged_now.astype(jnp.float32),
+        dagger_size=jnp.minimum(dagger.count, max(dagger.capacity, 1)).astype(jnp.float32),
+    )  # fmt: skip
+    new_state = trained.replace(
+        teacher=teacher, dagger=dagger, key=key, update_count=state.update_count + 1
     )
     return new_state, metrics
 

@@ -57,7 +57,9 @@ def one_level():
 
 def test_host_adapter_matches_the_jax_env_step_for_step(one_level):
     n, steps = 4, 40
-    host = HostEnvAdapter(lambda: PySokoban(one_level.levels, max_steps=12), num_envs=n)
+    host = HostEnvAdapter(
+        lambda: PySokoban(bank=one_level.levels, max_steps_in_episode=12), num_envs=n
+    )
     env = Sokoban(bank=one_level)
     params = env.default_params.replace(max_steps_in_episode=12)
     keys = jax.random.split(jax.random.key(0), n)
@@ -86,7 +88,7 @@ def test_host_adapter_matches_the_jax_env_step_for_step(one_level):
 
 def test_host_adapter_is_reproducible_from_its_key():
     def rollout():
-        host = HostEnvAdapter(lambda: PySokoban(default_bank((6, 6), 1, "train").levels), 3)
+        host = HostEnvAdapter(lambda: PySokoban(bank=default_bank((6, 6), 1, "train").levels), 3)
         obs, state = host.reset(jax.random.key(7))
         frames = [obs["image"]]
         for t in range(5):
@@ -98,11 +100,11 @@ def test_host_adapter_is_reproducible_from_its_key():
 
 
 def test_host_adapter_rejects_bad_actions(one_level):
-    host = HostEnvAdapter(lambda: PySokoban(one_level.levels), num_envs=2)
+    host = HostEnvAdapter(lambda: PySokoban(bank=one_level.levels), num_envs=2)
     _, state = host.reset(jax.random.key(0))
     with pytest.raises(ValueError, match="action 4 out of range: valid ids are 0..3"):
         host.step(jax.random.key(1), state, np.array([0, 4]))
     with pytest.raises(ValueError, match="expected 2 actions"):
         host.step(jax.random.key(1), state, np.array([0, 1, 2]))
     with pytest.raises(ValueError, match="num_envs must be >= 1"):
-        HostEnvAdapter(lambda: PySokoban(one_level.levels), num_envs=0)
+        HostEnvAdapter(lambda: PySokoban(bank=one_level.levels), num_envs=0)

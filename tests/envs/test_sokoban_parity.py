@@ -58,7 +58,7 @@ def run_episode(pair, index, max_steps, penalty, segments, key_seed=0):
     params = pair.env.default_params.replace(
         max_steps_in_episode=max_steps, blocked_move_penalty=penalty
     )
-    py = PySokoban(pair.env.bank, max_steps=max_steps, blocked_move_penalty=penalty)
+    py = PySokoban(bank=pair.env.bank, max_steps_in_episode=max_steps, blocked_move_penalty=penalty)
     obs, state = pair.reset_to(index, params)
     assert_same_observation(obs, py.reset_to(index), "reset")
     t = 0
@@ -111,7 +111,7 @@ def test_jax_and_python_envs_agree_two_boxes(hard, episode, seed):
 
 def test_solver_plan_gives_the_same_return_in_both_envs(small):
     plan = small.plans[0]
-    py = PySokoban(small.env.bank)
+    py = PySokoban(bank=small.env.bank)
     py.reset_to(0)
     rewards = [py.step(a)[1] for a in plan]
     assert py.done and rewards[-1] == pytest.approx(10.9)
@@ -119,7 +119,7 @@ def test_solver_plan_gives_the_same_return_in_both_envs(small):
 
 
 def test_python_env_rejects_bad_actions_and_steps_before_reset(small):
-    py = PySokoban(small.env.bank)
+    py = PySokoban(bank=small.env.bank)
     with pytest.raises(RuntimeError, match="call reset"):
         py.step(0)
     py.reset(seed=0)
@@ -131,7 +131,7 @@ def test_python_env_rejects_bad_actions_and_steps_before_reset(small):
 
 
 def test_python_env_reset_by_seed_is_deterministic(small):
-    py = PySokoban(small.env.bank, render_image=False)
+    py = PySokoban(bank=small.env.bank, render_image=False)
     firsts = [py.reset(seed)["grid"].tobytes() for seed in (1, 2, 3)]
     assert [py.reset(seed)["grid"].tobytes() for seed in (1, 2, 3)] == firsts
     assert len(set(firsts)) > 1
@@ -139,7 +139,9 @@ def test_python_env_reset_by_seed_is_deterministic(small):
 
 
 def test_python_env_runs_behind_the_host_adapter(small):
-    adapter = HostEnvAdapter(lambda: PySokoban(small.env.bank, max_steps=2), num_envs=3)
+    adapter = HostEnvAdapter(
+        lambda: PySokoban(bank=small.env.bank, max_steps_in_episode=2), num_envs=3
+    )
     obs, state = adapter.reset(jax.random.key(0))
     assert obs["image"].shape == (3, 168, 168, 3) and obs["grid"].shape == (3, 6, 6)
     for i in range(2):

@@ -283,6 +283,6 @@ def test_blocked_move_penalty_charges_only_moves_without_effect(one_box, two_box
     ((reward, *_),) = two_box.play(0, [RIGHT], jammed)
     assert reward == pytest.approx(-0.6)
 
-    py = PySokoban(one_box.env.bank, blocked_move_penalty=-0.5, render_image=False)
+    py = PySokoban(bank=one_box.env.bank, blocked_move_penalty=-0.5, render_image=False)
     py.reset_to(0)
     assert [py.step(a)[1] for a in moves] == pytest.approx(rewards)

@@ -1,9 +1,8 @@
 """The host-driven rollout against the compiled one on Sokoban: same seed, identical batches.
 
-The host side steps `PySokoban`s (the independent pure-Python twin) behind a `HostEnvAdapter`
-that mirrors the JAX env's level draws: before each reset or step the adapter receives a key, and
-env i starts the level the JAX env i would draw from `split(key, n)[i]` (`Sokoban._draw_start`:
-`bits(key) % N`). Everything else (prompts, model, sampling, parsing, rewards, flags, values,
+The host side steps `PySokoban`s (the independent pure-Python twin) behind a plain
+`HostEnvAdapter`: env i's seed is the bits of `split(key, n)[i]`, the key JAX env i gets, and the
+twin starts level `seed % N` where `Sokoban._draw_start` takes `bits(key) % N`. Everything else (prompts, model, sampling, parsing, rewards, flags, values,
 episode statistics, prompt fields) must then agree field by field.
 """
 
@@ -38,33 +37,6 @@ IMAGE_CONFIG = ImageConfig()
 SCRIPTED = ('{"thoughts": "go left", "action": "Left"}', '{"thoughts": "hmm", "action": "?"}')
 
 
-class MirrorSokoban(PySokoban):
-    """Starts the level its adapter chose (`next_level`), not one drawn from the seed."""
-
-    next_level = 0
-
-    def reset(self, seed: int):
-        del seed
-        return self.reset_to(self.next_level)
-
-
-class MirrorAdapter(HostEnvAdapter):
-    """Before its own reset / step, points each env at the level JAX env i draws from
-    `split(key, n)[i]`."""
-
-    def _aim(self, key):
-        for env, env_key in zip(self.envs, jax.random.split(key, self.num_envs)):
-            env.next_level = int(jax.random.bits(env_key, (), jnp.uint32) % NUM_LEVELS)
-
-    def reset(self, key, params=None):
-        self._aim(key)
-        return super().reset(key, params)
-
-    def step(self, key, state, action, params=None):
-        self._aim(key)
-        return super().step(key, state, action, params)
-
-
 @pytest.fixture(scope="module")
 def text():
     """The env, its prompt template (with a 2-action history) and reply spec: no model."""
@@ -80,8 +52,11 @@ def text():
     return dict(tokenizer=tokenizer, env=env, params=params, template=template, spec=spec)
 
 
-def _mirror_adapter(levels: np.ndarray) -> MirrorAdapter:
-    return MirrorAdapter(lambda: MirrorSokoban(levels, max_steps=MAX_STEPS, tile_size=TILE), ENVS)
+def _twin_adapter(levels: np.ndarray) -> HostEnvAdapter:
+    """PySokobans behind the plain adapter: env i's seed is the bits of the key JAX env i gets,
+    and PySokoban starts level `seed % N` as Sokoban draws `bits(key) % N`."""
+    twin = lambda: PySokoban(bank=levels, max_steps_in_episode=MAX_STEPS, tile_size=TILE)
+    return HostEnvAdapter(twin, ENVS)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +91,7 @@ def setup(text, tmp_path_factory):
     def both(**options):
         common = (template, spec, IMAGE_CONFIG, sampling, defs)
         compiled = make_rollout(env, params, *common, format_reward=FORMAT, **options)
-        host = make_host_rollout(_mirror_adapter(levels), *common, format_reward=FORMAT, **options)
+        host = make_host_rollout(_twin_adapter(levels), *common, format_reward=FORMAT, **options)
         return compiled, host
 
     return dict(weights=(base, policy, value_head), both=both, scripted=scripted, env=env)
@@ -209,7 +184,7 @@ def test_host_rollout_rejects_bad_arguments(text):
     levels = np.asarray(text["params"].levels.grids)
     sampling = SamplingConfig(max_new_tokens=REPLY_LEN)
     common = (text["template"], text["spec"], IMAGE_CONFIG, sampling, None)  # no model needed
-    host = make_host_rollout(_mirror_adapter(levels), *common)
+    host = make_host_rollout(_twin_adapter(levels), *common)
     assert host.image_grid == (1, 6, 6)  # read off the Python env's image (84 x 84 pixels)
     with pytest.raises(ValueError, match="num_envs=2 but the adapter holds 3 envs"):
         host.init(jax.random.key(0), 2)
@@ -217,13 +192,13 @@ def test_host_rollout_rejects_bad_arguments(text):
     with pytest.raises(ValueError, match="num_turns=0: need an int >= 1"):
         host.run(state, None, None, None, num_turns=0)
     with pytest.raises(ValueError, match="needs an 'image'"):
-        make_host_rollout(lambda: PySokoban(levels, render_image=False), *common)
+        make_host_rollout(lambda: PySokoban(bank=levels, render_image=False), *common)
     with pytest.raises(ValueError, match="differ from the env's"):
         make_host_rollout(
-            lambda: PySokoban(levels),
+            lambda: PySokoban(bank=levels),
             *common[:1],
             text["spec"].replace(action_names=(b"Up", b"Down")),
             *common[2:],
         )
     with pytest.raises(ValueError, match="format_reward=.*need"):
-        make_host_rollout(lambda: PySokoban(levels), *common, format_reward=(1.0,))
+        make_host_rollout(lambda: PySokoban(bank=levels), *common, format_reward=(1.0,))

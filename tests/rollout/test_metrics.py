@@ -151,7 +151,7 @@ def host_states(env_name, count=96, seed=0):
     env, params = envs.make(env_name)
     out = []
     if env_name == "sokoban":
-        game = PySokoban(np.asarray(params.levels.grids), render_image=False)
+        game = PySokoban(bank=np.asarray(params.levels.grids), render_image=False)
         fields = game.reset(seed)
         for i in range(count):
             grid = fields["grid"].copy()

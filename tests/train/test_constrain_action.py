@@ -7,7 +7,7 @@ import numpy as np
 from support.automaton import feed
 
 from gtr_turbo_jax.rollout import evaluate
-from gtr_turbo_jax.train import trainer as trainer_module
+from gtr_turbo_jax.train import learner as learner_module
 from gtr_turbo_jax.train.run_config import load_config, smoke
 from gtr_turbo_jax.train.setup import build_setup
 
@@ -28,9 +28,9 @@ def test_the_setup_allows_exactly_the_envs_actions():
     assert feed(table, encode('{"thoughts": "go", "action": "jump"}')) == -1
 
 
-def test_the_trainer_samples_rollouts_and_evaluations_under_it(monkeypatch, tmp_path):
+def test_the_learner_samples_rollouts_and_evaluations_under_it(monkeypatch):
     seen = {}
-    real_rollout, real_evaluator = trainer_module.make_rollout, evaluate.make_evaluator
+    real_rollout, real_evaluator = learner_module.make_rollout, evaluate.make_evaluator
 
     def rollout(*args, **kwargs):
         seen["rollout"] = kwargs.get("constraint")
@@ -40,10 +40,10 @@ def test_the_trainer_samples_rollouts_and_evaluations_under_it(monkeypatch, tmp_
         seen["evaluator"] = kwargs.get("constraint")
         return real_evaluator(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "make_rollout", rollout)
+    monkeypatch.setattr(learner_module, "make_rollout", rollout)
     monkeypatch.setattr(evaluate, "make_evaluator", evaluator)
     config = smoke(load_config("sokoban", ["--config.sampling.constrain_action=True"]))
-    trainer = trainer_module.Trainer(config, tmp_path, echo=lambda _: None)
-    _ = trainer.evaluator  # built on first use
-    assert seen["rollout"] is trainer.setup.constraint is seen["evaluator"]
+    learner = learner_module.Learner(config)
+    _ = learner.evaluator  # built on first use
+    assert seen["rollout"] is learner.setup.constraint is seen["evaluator"]
     assert seen["rollout"] is not None

@@ -51,7 +51,7 @@ def sokoban():
 @pytest.mark.parametrize("size,boxes,count", [((6, 6), 1, 40), ((8, 8), 2, 8)])
 def test_sokoban_expert_solves_in_astar_length(size, boxes, count):
     bank = default_bank(size, boxes, "test")
-    game = PySokoban(bank, max_steps=100, render_image=False)
+    game = PySokoban(bank=bank, max_steps_in_episode=100, render_image=False)
     for level in range(count):
         obs, steps, done = game.reset_to(level), 0, False
         while not done:
@@ -214,7 +214,7 @@ def test_blackjack_basic_strategy(total, dealer, soft, hit):
 def _sokoban_states(count=12, seed=0):
     """Prompt fields of states along random walks on held-out levels (plus a dead one)."""
     rng = np.random.default_rng(seed)
-    game = PySokoban(default_bank((6, 6), 1, "test"), render_image=False)
+    game = PySokoban(bank=default_bank((6, 6), 1, "test"), render_image=False)
     states = []
     for level in range(count):
         obs = game.reset_to(level)
@@ -309,7 +309,7 @@ def test_collect_steps_the_env_with_the_named_actions(sokoban):
     for here, after in zip(demos, demos[1:]):
         (action,) = replies.matched_actions(here.reply, env.action_names)
         # Replay the step from the recorded state on the Python twin (a one-level bank).
-        game = PySokoban(here.fields["grid"][None], render_image=False)
+        game = PySokoban(bank=here.fields["grid"][None], render_image=False)
         game.reset_to(0)
         obs, _, terminated, *_ = game.step(action)
         if np.array_equal(obs["grid"], after.fields["grid"]):

@@ -30,7 +30,7 @@ def tokenizer():
 def _sokoban_fields(seed=0):
     """Prompt fields [TURNS, ENVS, ...] of random-walk states on held-out levels."""
     rng = np.random.default_rng(seed)
-    game = PySokoban(default_bank((6, 6), 1, "test"), render_image=False)
+    game = PySokoban(bank=default_bank((6, 6), 1, "test"), render_image=False)
     rows = []
     for level in range(TURNS * ENVS):
         obs = game.reset_to(level)

@@ -33,8 +33,9 @@ from gtr_turbo_jax.models import ValueHead, from_pretrained
 from gtr_turbo_jax.models.random_checkpoint import write_random_checkpoint
 from gtr_turbo_jax.rl import merge_lora
 from gtr_turbo_jax.rollout.batch import Batch
-from gtr_turbo_jax.train.state import init_train_state, kernel_deltas, lora_pairs, teacher_weights
-from gtr_turbo_jax.train.update import merge_teacher, update_step
+from gtr_turbo_jax.train.state import init_train_state
+from gtr_turbo_jax.train.teacher import kernel_deltas, lora_pairs, merge_teacher, teacher_weights
+from gtr_turbo_jax.train.update import update_step
 
 DENSE_CONFIG = KL_CONFIG.replace(merge_space="dense", merge_density=0.5, merge_window="ring")
 # The merge tests adapt two kernels (the decoder's q_proj, the vision tower's qkv): few leaves to

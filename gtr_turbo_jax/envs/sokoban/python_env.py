@@ -1,10 +1,12 @@
-"""Sokoban in plain Python and numpy: the test reference for the JAX env and a host env.
+"""Sokoban in plain Python and numpy: the test reference for the JAX env, and a Python env.
 
-Same rules, rewards and observations as `env.Sokoban`, written independently and step by step
-(gym-sokoban's way: look at the cell ahead, then the one beyond). It keeps the `HostEnv` protocol
-of `envs/host.py`. Level choice: `reset(seed)` draws a level index with `np.random.default_rng(seed)`;
-`reset_to(index)` starts a given level, which is how tests replay the level the JAX env drew
-(its `state.level`).
+Same rules, rewards, observations and constructor arguments as `env.Sokoban`, written
+independently and step by step (gym-sokoban's way: look at the cell ahead, then the one beyond).
+A `PythonEnv` (`envs/host.py`): `gtr-turbo train --env=gtr_turbo_jax.envs.sokoban.python_env:PySokoban`
+trains it through the host rollout, on the JAX env's prompt (its `AgentSpec`). Level choice:
+`reset(seed)` starts level `seed % N`, as `Sokoban` draws `bits(key) % N` from the key whose bits
+the host adapter hands over as the seed, so the same run key plays the same levels in both;
+`reset_to(index)` starts a given level.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from gtr_turbo_jax.envs.host import PythonEnv
+from gtr_turbo_jax.envs.sokoban.agent import AGENT
+from gtr_turbo_jax.envs.sokoban.generator import default_bank
 from gtr_turbo_jax.envs.sokoban.levels import (
     ACTION_DELTAS,
     ACTION_NAMES,
@@ -29,43 +34,57 @@ from gtr_turbo_jax.envs.sokoban.levels import (
 from gtr_turbo_jax.envs.sokoban.render import make_atlas, tile_grid_np
 
 
-class PySokoban:
+class PySokoban(PythonEnv):
     """One Sokoban game over the levels of `bank` (a `LevelBank`, an `int8[N, rows, cols]` array
-    or an `.npz` path)."""
+    or an `.npz` path; default: the shipped bank of `size`, `num_boxes` and `split`, as
+    `Sokoban`'s)."""
 
     action_names = ACTION_NAMES
+    agent_spec = AGENT  # `Sokoban`'s: the same prompt, reply format, expert and grounding
 
     def __init__(
         self,
-        bank: LevelBank | np.ndarray | str | Path,
-        max_steps: int = 100,
+        size: tuple[int, int] = (6, 6),
+        num_boxes: int = 1,
+        split: str = "train",
+        bank: LevelBank | np.ndarray | str | Path | None = None,
+        tile_size: int = 28,
+        render_image: bool = True,
+        max_steps_in_episode: int = 100,
         step_penalty: float = -0.1,
         box_on_target_reward: float = 1.0,
         box_off_target_penalty: float = -1.0,
         solved_reward: float = 10.0,
         blocked_move_penalty: float = 0.0,
-        tile_size: int = 28,
-        render_image: bool = True,
     ):
-        if isinstance(bank, (str, Path)):
+        if bank is None:
+            bank = default_bank(tuple(size), num_boxes, split)
+        elif isinstance(bank, (str, Path)):
             bank = load_bank(bank)
         self.levels = np.asarray(bank.levels if isinstance(bank, LevelBank) else bank, np.int8)
         if self.levels.ndim != 3 or len(self.levels) == 0:
             raise ValueError(f"levels must be [N >= 1, rows, cols], got shape {self.levels.shape}")
-        if max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-        self.max_steps = int(max_steps)
+        if max_steps_in_episode < 1:
+            raise ValueError(f"max_steps_in_episode must be >= 1, got {max_steps_in_episode}")
+        self.size = tuple(int(n) for n in self.levels.shape[1:])
+        self.num_boxes = int(np.isin(self.levels[0], (BOX, BOX_ON_TARGET)).sum())
+        self.max_steps_in_episode = int(max_steps_in_episode)
         self.step_penalty = float(step_penalty)
         self.box_on_target_reward = float(box_on_target_reward)
         self.box_off_target_penalty = float(box_off_target_penalty)
         self.solved_reward = float(solved_reward)
         self.blocked_move_penalty = float(blocked_move_penalty)
+        self.tile_size = int(tile_size)
         self.atlas = make_atlas(tile_size)
         self.render_image = render_image
         self.level_index = -1
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.size[0] * self.tile_size, self.size[1] * self.tile_size, 3)
+
     def reset(self, seed: int) -> dict[str, np.ndarray]:
-        return self.reset_to(int(np.random.default_rng(seed).integers(len(self.levels))))
+        return self.reset_to(int(seed) % len(self.levels))
 
     def reset_to(self, index: int) -> dict[str, np.ndarray]:
         if not 0 <= index < len(self.levels):
@@ -124,7 +143,7 @@ class PySokoban:
         if terminated:
             reward += self.solved_reward
         self.time += 1
-        truncated = self.time >= self.max_steps
+        truncated = self.time >= self.max_steps_in_episode
         self.done = terminated or truncated
         return self._observation(), reward, terminated, truncated, {"boxes_on_target": after}
 

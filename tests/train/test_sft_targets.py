@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gtr_turbo_jax.rollout.sampler import SamplingConfig
-from gtr_turbo_jax.train.teachers import retry_temperatures, sample_with_retries, sft_labels
+from gtr_turbo_jax.train.sft_targets import retry_temperatures, sample_with_retries, sft_labels
 
 
 def test_retry_temperatures_grow_by_a_tenth_up_to_0_9():

@@ -27,7 +27,8 @@ from gtr_turbo_jax.rollout.batch import Batch
 from gtr_turbo_jax.rollout.sampler import SamplingConfig, generate
 from gtr_turbo_jax.text.parse import ReplySpec, parse_reply_ids
 from gtr_turbo_jax.train.config import UpdateConfig
-from gtr_turbo_jax.train.state import TrainState, teacher_weights
+from gtr_turbo_jax.train.state import TrainState
+from gtr_turbo_jax.train.teacher import teacher_weights
 
 
 def with_oracle_corrections(
