@@ -1,5 +1,6 @@
 """A user's env trains without touching the package: the corridor of docs/environments.md, written
-into a package of its own, trains through the CLI as `--env=my_pkg.corridor:Corridor`.
+into a package of its own, trains through the CLI as `--env=my_pkg.corridor:Corridor`, and its
+Python twin of the same page (a `PythonEnv`) as `--env=my_pkg.corridor:PyCorridor`.
 
 The module's source and the command are read from the page, so the page cannot drift from what
 works."""
@@ -29,7 +30,9 @@ def page_blocks(language: str) -> list[str]:
 @pytest.fixture
 def corridor(tmp_path, monkeypatch):
     """`my_pkg.corridor` on the path, its source the page's example; forgotten afterwards."""
-    source = next(b for b in page_blocks("python") if "class Corridor(VisualEnv)" in b)
+    blocks = page_blocks("python")
+    source = next(b for b in blocks if "class Corridor(VisualEnv)" in b)
+    source += next(b for b in blocks if "class PyCorridor(PythonEnv)" in b)
     package = tmp_path / "my_pkg"
     package.mkdir()
     (package / "__init__.py").write_text("")
@@ -79,6 +82,22 @@ def test_the_documented_command_trains_the_corridor(corridor, tmp_path):
     assert config.env.name == NAME and config.env.length == 8  # the page's overrides
     lines = read_metrics(workdir / "metrics.jsonl")
     assert [line["step"] for line in lines if "kl_mean" in line][-1] == config.train.updates
+
+
+def test_the_python_corridor_trains_through_the_host_rollout(corridor, tmp_path):
+    name = NAME.replace(":Corridor", ":PyCorridor")
+    assert envs.is_python_env(name) and envs.override_defaults(name) == {
+        "length": 6, "max_steps_in_episode": 12,
+    }  # fmt: skip
+    workdir = tmp_path / "run"
+    argv = ["train", f"--env={name}", "--smoke", "--config.warm_start.steps=0",
+            "--config.train.tensorboard=False", "--config.env.length=8", f"--workdir={workdir}"]  # fmt: skip
+    assert cli.main(argv) == 0
+    lines = read_metrics(workdir / "metrics.jsonl")
+    assert [line["step"] for line in lines if "kl_mean" in line][-1] == 3
+    assert all(
+        0.0 <= line["eval/success_rate"] <= 1.0 for line in lines if "eval/success_rate" in line
+    )
 
 
 @pytest.mark.parametrize(

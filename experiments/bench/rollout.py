@@ -194,7 +194,9 @@ def _rollout_pair(
     sampling = SamplingConfig.paper(max_new, eos_ids=(special_token_ids(tokenizer).eos,))
     common = (template, spec, image_config, sampling, defs)
     compiled = make_rollout(env, params, *common)
-    host = make_host_rollout(lambda: PySokoban(bank=env.bank, max_steps_in_episode=max_steps), *common)
+    host = make_host_rollout(
+        lambda: PySokoban(bank=env.bank, max_steps_in_episode=max_steps), *common
+    )
     weights = (base, policy, value_head)
 
     def timed(rollout):

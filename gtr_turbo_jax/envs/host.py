@@ -72,13 +72,16 @@ def _stack(observations: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.stack([np.asarray(o[k]) for o in observations]) for k in observations[0]}
 
 
-def _seeds(key: jax.Array, n: int) -> list[int]:
+def _seeds(key: jax.Array, n: int, group_size: int = 1) -> list[int]:
     """Python-int seeds of the `n` envs from a JAX key: env i's from `split(key, n)[i]`, as the
-    compiled rollout splits it for JAX env i, so a run is reproducible from its key alone."""
-    keys = jax.random.split(key, n)
-    return [
-        int(s) for s in np.asarray(jax.vmap(lambda k: jax.random.bits(k, (), jnp.uint32))(keys))
-    ]
+    compiled rollout splits it for JAX env i, so a run is reproducible from its key alone;
+    `group_size` > 1: `group_size` consecutive envs share one seed (the compiled rollout's
+    `grouped_reset`: one level and start per group)."""
+    if n % group_size:
+        raise ValueError(f"{n} envs do not split into groups of {group_size}")
+    keys = jnp.repeat(jax.random.split(key, n // group_size), group_size, axis=0)
+    bits = jax.vmap(lambda k: jax.random.bits(k, (), jnp.uint32))(keys)
+    return [int(s) for s in np.asarray(bits)]
 
 
 class HostEnvAdapter:
@@ -97,10 +100,12 @@ class HostEnvAdapter:
         return len(self.action_names)
 
     def reset(
-        self, key: jax.Array, params: Any = None
+        self, key: jax.Array, params: Any = None, group_size: int = 1
     ) -> tuple[dict[str, np.ndarray], HostEnvState]:
+        """Fresh episodes in every env (`group_size` consecutive envs from one seed)."""
         del params
-        obs = [env.reset(seed) for env, seed in zip(self.envs, _seeds(key, self.num_envs))]
+        seeds = _seeds(key, self.num_envs, group_size)
+        obs = [env.reset(seed) for env, seed in zip(self.envs, seeds)]
         n = self.num_envs
         return _stack(obs), HostEnvState(np.zeros(n, np.int32), np.ones(n, np.int32))
 

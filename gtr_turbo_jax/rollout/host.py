@@ -127,14 +127,19 @@ def make_host_rollout(
     format_reward: tuple[float, float] = (0.0, 0.0),
     constraint: ActionConstraint | None = None,
     reply_fn: ReplyFn | None = None,
+    group_size: int = 1,
 ) -> HostRollout:
     """Builds the host-driven rollout over Python envs.
 
     adapter_or_factory: a `HostEnvAdapter` (then `init`'s `num_envs` must be its size), or a
     factory of one Python env (`HostEnv` protocol), from which `init` builds an adapter of
     `num_envs` envs. Observations hold `image` (uint8[H, W, 3], the same size every step) and the
-    prompt fields the template reads. The other arguments are `make_rollout`'s.
+    prompt fields the template reads. The other arguments are `make_rollout`'s; with
+    `group_size` > 1 every call starts fresh episodes, `group_size` consecutive envs from one seed
+    (the compiled rollout's `grouped_reset`, key for key).
     """
+    if not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size={group_size!r}: need an int >= 1")
     if not (isinstance(adapter_or_factory, HostEnvAdapter) or callable(adapter_or_factory)):
         raise ValueError(
             f"adapter_or_factory={type(adapter_or_factory).__name__}: need a HostEnvAdapter or a "
@@ -187,8 +192,24 @@ def make_host_rollout(
             episode_length=np.zeros(num_envs, np.int32),
         )
 
+    def restart(state: HostRolloutState) -> HostRolloutState:
+        """Fresh episodes, one seed per group of envs; the key moves on by one split."""
+        key, reset_key = jax.random.split(state.key)
+        obs, adapter_state = state.adapter.reset(reset_key, group_size=group_size)
+        return dataclasses.replace(
+            state,
+            adapter_state=adapter_state,
+            obs=obs,
+            history=np.full_like(state.history, -1),
+            key=key,
+            episode_return=np.zeros_like(state.episode_return),
+            episode_length=np.zeros_like(state.episode_length),
+        )
+
     def run(state: HostRolloutState, base, policy, value_head, num_turns: int):
         check_num_turns(num_turns)
+        if group_size > 1:
+            state = restart(state)
         adapter, adapter_state = state.adapter, state.adapter_state
         obs, history, key = state.obs, state.history, state.key
         episode_return, episode_length = state.episode_return, state.episode_length

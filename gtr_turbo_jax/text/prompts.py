@@ -163,7 +163,7 @@ def make_template(
             table[r, : len(ids)] = ids
         tables[name] = (table, np.asarray([len(ids) for ids in encoded], np.int32))
     # Longest prompt: each slot at its bound (default: every position at its longest rendering).
-    fields = jax.eval_shape(lambda: env.prompt_fields(*_dummy_state(env)))
+    fields = _field_shapes(env)
     fields["history"] = jax.ShapeDtypeStruct((history_length,), jnp.int32)
     max_length = 0
     for piece in pieces:
@@ -188,10 +188,23 @@ def make_template(
     )
 
 
-def _dummy_state(env: Any) -> tuple[Any, Any]:
-    params = env.default_params
-    _, state = env.reset(jax.random.key(0), params)
-    return state, params
+def _field_shapes(env: Any) -> dict[str, jax.ShapeDtypeStruct]:
+    """The prompt fields' shapes: a JAX env's `prompt_fields` of a reset state, traced; a Python
+    env's (`envs.PythonEnv`) observation of one reset, less its image."""
+    if not hasattr(env, "prompt_fields"):
+        obs = env.reset(0)
+        return {
+            k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype)
+            for k, v in obs.items()
+            if k != "image"
+        }
+
+    def fields():
+        params = env.default_params
+        _, state = env.reset(jax.random.key(0), params)
+        return env.prompt_fields(state, params)
+
+    return jax.eval_shape(fields)
 
 
 def assemble(

@@ -1,8 +1,11 @@
 """The model side of a run, built from its config: what the loop and the commands share.
 
 `Learner(config)` holds the setup (env, tokenizer, sampler, update config), the modules and their
-defs, the run's keys, the compiled rollout and the held-out evaluator, and makes the states: a
-fresh `TrainState`, or the one a checkpoint holds (`restore`). The loop (`train.trainer`) adds the
+defs, the run's keys, the rollout and the held-out evaluator, and makes the states: a fresh
+`TrainState`, or the one a checkpoint holds (`restore`). A JAX env gets the compiled rollout
+(`rollout.multiturn`); a Python env (`envs.PythonEnv`) the host rollout (`rollout.host`), whose
+envs live in Python objects: its checkpoints hold the rollout's key, not the envs, so a resumed
+run continues from the checkpoint's policy with fresh episodes (a JAX env's resume is exact). The loop (`train.trainer`) adds the
 run directory and the update; `gtr-turbo eval | export | sft` (`train.commands`) need no more than
 this.
 """
@@ -18,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from gtr_turbo_jax.rollout.batch import Batch
+from gtr_turbo_jax.rollout.host import make_host_rollout
 from gtr_turbo_jax.rollout.multiturn import RolloutState, make_rollout
 from gtr_turbo_jax.train.checkpoint import Checkpointer, CheckpointError
 from gtr_turbo_jax.train.progress import Bar
@@ -42,27 +46,35 @@ class Learner:
         self.keys = run_keys(config.train.seed)
         self.model, self.value_head = build_model(setup)
         self.defs = model_defs(self.model, self.value_head)
-        self.rollout = make_rollout(
-            setup.env,
-            setup.env_params,
-            setup.template,
-            setup.spec,
-            setup.image_config,
-            setup.sampling,
-            self.defs,
+        common = (setup.template, setup.spec, setup.image_config, setup.sampling, self.defs)
+        options = dict(
             format_reward=setup.format_reward,
             constraint=setup.constraint,
             group_size=setup.update.rollout_group_size,
         )
+        if setup.is_python_env:
+            self.rollout = make_host_rollout(setup.env_factory, *common, **options)
+        else:
+            self.rollout = make_rollout(setup.env, setup.env_params, *common, **options)
         self._evaluator = None
 
     @property
     def evaluator(self):
         """The held-out evaluator (built on first use: training without evaluations skips it)."""
         if self._evaluator is None:
-            from gtr_turbo_jax.rollout.evaluate import make_evaluator
+            from gtr_turbo_jax.rollout.evaluate import Evaluator, make_evaluator
 
-            setup = self.setup
+            setup, train = self.setup, self.config.train
+            if setup.is_python_env:  # the same first-episode evaluation, over Python envs
+                rollout = make_host_rollout(
+                    setup.eval_env_factory, setup.template, setup.spec, setup.image_config,
+                    setup.eval_sampling, self.defs, constraint=setup.constraint,
+                )  # fmt: skip
+                self._evaluator = Evaluator(
+                    setup.env_name, rollout, setup.tokenizer, train.eval_episodes,
+                    setup.max_steps_in_episode or 100, train.record_episodes,
+                )  # fmt: skip
+                return self._evaluator
             self._evaluator = make_evaluator(
                 setup.env_name,
                 setup.eval_env,
@@ -114,16 +126,31 @@ class Learner:
             read_only=read_only,
         )
 
+    def checkpoint_tree(self, state: TrainState, rollout_state) -> dict[str, Any]:
+        """What a checkpoint holds of the states: both, or with a Python env the train state and
+        the rollout's key (the envs' state is in Python objects)."""
+        if self.setup.is_python_env:
+            return {"state": state, "rollout_key": rollout_state.key}
+        return {"state": state, "rollout": rollout_state}
+
     def restore(
         self, checkpoints: Checkpointer, step: int | None = None
-    ) -> tuple[int, TrainState, RolloutState, dict[str, Any]]:
+    ) -> tuple[int, TrainState, Any, dict[str, Any]]:
         """`(step, train state, rollout state, host-side counters)` of checkpoint `step` (default:
-        the newest good one)."""
+        the newest good one). With a Python env the rollout state is a fresh one from the saved
+        key (new episodes)."""
         if checkpoints.latest_step() is None:
             raise CheckpointError(f"no checkpoint in {checkpoints.directory}")
-        like = {"state": self.init_state(), "rollout": self.init_rollout()}
+        if self.setup.is_python_env:  # not `init_rollout`: that would start the envs twice
+            like = {"state": self.init_state(), "rollout_key": self.keys["rollout"]}
+        else:
+            like = self.checkpoint_tree(self.init_state(), self.init_rollout())
         step, tree, host = checkpoints.restore(like, step)
-        return step, tree["state"], tree["rollout"], host
+        if self.setup.is_python_env:
+            rollout_state = self.rollout.init(tree["rollout_key"], self.config.train.num_envs)
+        else:
+            rollout_state = tree["rollout"]
+        return step, tree["state"], rollout_state, host
 
     def model_with(self, state: TrainState | None = None) -> nnx.Module:
         """The policy as an NNX module: the run's fresh/warm-started model, or `state`'s policy."""

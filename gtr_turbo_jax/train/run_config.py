@@ -244,14 +244,14 @@ def env_class_reference(spec: str) -> tuple[str, str] | None:
 def env_class_config(name: str, model: str = "tiny") -> ml_collections.ConfigDict:
     """The config of an env class that has no config file: `base_config`, its `env` section every
     override `envs.make` accepts (with a plain default) at that default; no warm start when the
-    env has no expert."""
+    env has no expert or is a Python env."""
     try:
         overrides = envs.override_defaults(name)
         agent = envs.agent_spec(name)
     except (ValueError, TypeError) as err:
         raise ConfigError(str(err)) from None
     config = base_config({"name": name, **overrides}, model)
-    if agent.expert is None:
+    if agent.expert is None or envs.is_python_env(name):  # demonstrations need a JAX env's expert
         config.warm_start.steps = 0
     return config
 
@@ -397,6 +397,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     no_expert = f"env {name!r} has no expert (AgentSpec.expert)"
     if ws is not None and ws.steps > 0 and agent.expert is None:
         raise ConfigError(f"config key 'warm_start.steps'={ws.steps}: {no_expert}; set it 0")
+    if ws is not None and ws.steps > 0 and envs.is_python_env(name):
+        raise ConfigError(
+            f"config key 'warm_start.steps'={ws.steps}: the warm start plays the expert's "
+            f"demonstrations on a JAX env; {name!r} is a Python env: set it 0 and start from a "
+            "model (model.path)"
+        )
     if config.rl.mode == "gtr" and agent.expert is None:
         raise ConfigError(f"config key 'rl.mode'='gtr' reads the expert's replies: {no_expert}")
     if ws is not None:

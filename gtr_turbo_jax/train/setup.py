@@ -8,7 +8,9 @@ the trainer, `gtr-turbo eval` and `gtr-turbo export` all start here, so they agr
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +46,9 @@ class RunSetup:
 
     config: ml_collections.ConfigDict
     env_name: str
-    env: VisualEnv  # training env (EarlyTermination-wrapped when the config says so)
-    env_params: Any
-    eval_env: VisualEnv  # held-out levels (Sokoban's test bank; fresh deals for the card games)
+    env: VisualEnv | envs.PythonEnv  # training env (EarlyTermination-wrapped if the config says)
+    env_params: Any  # None for a Python env
+    eval_env: VisualEnv | envs.PythonEnv  # held-out levels (Sokoban's test bank; fresh deals)
     eval_params: Any
     tokenizer: Any
     template: PromptTemplate
@@ -58,6 +60,20 @@ class RunSetup:
     model_config: ModelConfig
     lora: LoRAConfig | None
     update: UpdateConfig
+    # Python envs (`envs.PythonEnv`): makers of one training / held-out env, for the host
+    # rollout's adapters (None for JAX envs).
+    env_factory: Callable[[], envs.PythonEnv] | None = None
+    eval_env_factory: Callable[[], envs.PythonEnv] | None = None
+
+    @property
+    def is_python_env(self) -> bool:
+        return self.env_factory is not None
+
+    @property
+    def max_steps_in_episode(self) -> int | None:
+        source = self.env if self.is_python_env else self.env_params
+        steps = getattr(source, "max_steps_in_episode", None)
+        return None if steps is None else int(steps)
 
     @property
     def format_reward(self) -> tuple[float, float]:
@@ -89,24 +105,35 @@ def _make_env(name: str, overrides: dict[str, Any], early_termination: bool):
     except (ValueError, TypeError) as err:
         raise ConfigError(f"env section: {err}") from None
     if early_termination:
+        if envs.is_python_env(env):
+            raise ConfigError(
+                "early_termination wraps a JAX env; a Python env ends its own episodes"
+            )
         env = envs.EarlyTermination(env)
     return env, params
 
 
 def _held_out(name: str, overrides: dict[str, Any], early_termination: bool):
-    """Sokoban evaluates on its test bank; the card games deal fresh hands (an eval key stream)."""
+    """Sokoban evaluates on its test bank; the card games deal fresh hands (an eval key stream).
+    Returns `(env, params, overrides)`."""
     ctor = inspect.signature(envs.env_class(name).__init__).parameters
     if "split" in ctor:
         overrides = {**overrides, "split": "test"}
-    return _make_env(name, overrides, early_termination)
+    return (*_make_env(name, overrides, early_termination), overrides)
+
+
+def _python_env(name: str, overrides: dict[str, Any]) -> envs.PythonEnv:
+    return envs.make(name, **overrides)[0]
 
 
 def build_setup(config: ml_collections.ConfigDict) -> RunSetup:
     """The static pieces of the run `config` describes (one ConfigError line on bad input)."""
     name, overrides = env_overrides(config)
     env, env_params = _make_env(name, overrides, config.early_termination)
-    eval_env, eval_params = _held_out(name, overrides, config.early_termination)
-    max_steps = getattr(env_params, "max_steps_in_episode", None)
+    eval_env, eval_params, eval_overrides = _held_out(name, overrides, config.early_termination)
+    python_env = envs.is_python_env(env)
+    source = env if python_env else env_params
+    max_steps = getattr(source, "max_steps_in_episode", None)
     turns = config.train.turns_per_update
     if config.rl.advantage == "group" and (max_steps is None or turns < max_steps):
         raise ConfigError(
@@ -196,6 +223,10 @@ def build_setup(config: ml_collections.ConfigDict) -> RunSetup:
         model_config=model_config,
         lora=lora,
         update=update_config(config),
+        env_factory=functools.partial(_python_env, name, overrides) if python_env else None,
+        eval_env_factory=(
+            functools.partial(_python_env, name, eval_overrides) if python_env else None
+        ),
     )
 
 

@@ -163,9 +163,10 @@ class Trainer:
         mesh, envs, learner = self.mesh, self.config.train.num_envs, self.learner
         state_layout = sharding.state_shardings(state, mesh)
         state = jax.device_put(state, state_layout)
-        rollout_state = jax.device_put(
-            rollout_state, sharding.env_axis_shardings(rollout_state, envs, mesh)
-        )
+        if not learner.setup.is_python_env:  # a Python env's state is not on the devices
+            rollout_state = jax.device_put(
+                rollout_state, sharding.env_axis_shardings(rollout_state, envs, mesh)
+            )
         batch_layout = sharding.batch_shardings(learner.batch_like(), mesh)
         step = sharding.sharded_update_step(
             learner.defs, learner.setup.update, mesh, state_layout, batch_layout
@@ -226,10 +227,11 @@ class Trainer:
         bad_updates = 0
         for update in range(host["update"], train.updates):
             with timer("rollout"):
-                rollout_state, batch, episodes = jax.block_until_ready(
-                    self.learner.rollout.run(rollout_state, state.base, state.policy, state.value_head,
-                                     train.turns_per_update)
+                rollout_state, batch, episodes = self.learner.rollout.run(
+                    rollout_state, state.base, state.policy, state.value_head,
+                    train.turns_per_update,
                 )  # fmt: skip
+                batch, episodes = jax.block_until_ready((batch, episodes))
             with timer("teacher"):
                 batch = jax.block_until_ready(self._teacher_targets(state, batch, episodes, update))
             with timer("update"):
@@ -265,7 +267,7 @@ class Trainer:
                 with timer("checkpoint"):
                     saved = checkpoints.save(
                         update + 1,
-                        {"state": state, "rollout": rollout_state},
+                        self.learner.checkpoint_tree(state, rollout_state),
                         metadata=host,
                         metrics={"success_rate": line.get("eval/success_rate")},
                     )
