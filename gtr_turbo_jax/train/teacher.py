@@ -166,14 +166,11 @@ def merge_teacher(state: TeacherFields, policy: nnx.State, config: UpdateConfig)
         for name, path in names.items()
     }
     merged = merge(taus)
-    teacher = dict(nnx.to_flat_state(state.teacher))
+    initial_deltas = dict(nnx.to_flat_state(kernel_deltas(state.initial, state.base, scale)))
     return nnx.from_flat_state(
         {
-            kernel_path(path): teacher[kernel_path(path)].replace(
-                (
-                    scale * jnp.matmul(*initial[path], preferred_element_type=jnp.float32)
-                    + merged[name]
-                ).T
+            kernel_path(path): initial_deltas[kernel_path(path)].replace(
+                initial_deltas[kernel_path(path)][...] + merged[name].T
             )
             for name, path in names.items()
         }
