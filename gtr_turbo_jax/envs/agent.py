@@ -15,11 +15,12 @@ env's default instance (`envs.default_env`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 # One state's `prompt_fields`, unbatched (numpy on the host, arrays inside jit).
@@ -37,6 +38,21 @@ class Slot:
     # Tokens the slot can take at most, given each rendering's token count; None: every position
     # at its longest rendering.
     max_tokens: Callable[[np.ndarray], int] | None = None
+
+
+def word_slot(name: str, vocabulary: Sequence[str]) -> Slot:
+    """Free text from a fixed vocabulary: field `name` holds int32[L] word ids (-1 after the
+    text's end), written " word" each. How a Python env puts changing text in the prompt (an
+    ALFWorld observation, its admissible commands) within the fixed-shape prompt."""
+    renderings = tuple(" " + word for word in vocabulary)
+    if not renderings or any(not word or word != word.strip() for word in vocabulary):
+        raise ValueError(f"word_slot {name!r}: need non-empty words without surrounding spaces")
+
+    def symbols(fields: Fields) -> tuple[jax.Array, jax.Array]:
+        ids = jnp.asarray(fields[name], jnp.int32)
+        return jnp.maximum(ids, 0), ids >= 0
+
+    return Slot(name, renderings, symbols)
 
 
 def no_slots(env: Any) -> dict[str, Slot]:
