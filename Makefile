@@ -43,7 +43,7 @@ test-slow:
 test-all:
 	$(PY) -m pytest -q
 
-LINT_PATHS = $(wildcard gtr_turbo_jax tests experiments configs docs)
+LINT_PATHS = $(wildcard gtr_turbo_jax tests experiments configs docs tools)
 lint:
 	$(PY) -m ruff check $(LINT_PATHS)
 	$(PY) -m ruff format --check $(LINT_PATHS)
