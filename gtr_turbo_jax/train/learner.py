@@ -72,7 +72,7 @@ class Learner:
                 )  # fmt: skip
                 self._evaluator = Evaluator(
                     setup.env_name, rollout, setup.tokenizer, train.eval_episodes,
-                    setup.max_steps_in_episode or 100, train.record_episodes,
+                    setup.max_steps_in_episode, train.record_episodes,
                 )  # fmt: skip
                 return self._evaluator
             self._evaluator = make_evaluator(
