@@ -177,7 +177,7 @@ def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
-BENCHES = ("envs", "model", "rollout", "update", "train")
+BENCHES = ("envs", "model", "rollout", "update", "train", "memory")
 
 
 def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> int:

@@ -209,3 +209,9 @@ def test_a_run_directory_with_checkpoints_is_not_overwritten(smoke_run, capsys):
     assert run_cli("train", f"--workdir={smoke_run}", *SMOKE) == 2
     assert "pass --resume" in capsys.readouterr().err
     assert checkpoint_steps(smoke_run) == before
+
+
+def test_every_benchmark_script_is_a_bench_command():
+    bench = Path(cli.__file__).resolve().parents[1] / "experiments" / "bench"
+    scripts = {p.stem for p in bench.glob("*.py") if not p.name.startswith("_")}
+    assert set(cli.BENCHES) == scripts
