@@ -223,3 +223,12 @@ def test_every_bank_level_fits_the_prompt(tokenizer, size, num_boxes):
         fields = {"grid": grid, "player": player}
         longest = max(longest, len(prompts.encode_prompt(tokenizer, template, env, fields, 4)))
     assert longest <= template.max_length
+
+
+@pytest.mark.parametrize("max_position", [3, 5, 9])
+def test_numberline_states_its_own_range(tokenizer, max_position):
+    env, params = envs.make("numberline", max_position=max_position)
+    template = prompts.make_template("numberline", env, tokenizer, 4, style="full")
+    _, state = env.reset(jax.random.key(0), params)
+    text = prompts.prompt_text(template, env, jax.device_get(env.prompt_fields(state, params)))
+    assert f"both between 0 and {max_position} (inclusive)." in text

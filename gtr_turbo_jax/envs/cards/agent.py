@@ -50,7 +50,8 @@ EZPOINTS_REPLY = (
 )
 NUMBERLINE_TEXT = (
     "You are playing a game called number line. The image shows a target number and a current"
-    " number, both between 0 and 5. Your goal is to move the current number to the target:"
+    " number, both between 0 and{max_position} (inclusive). Your goal is to move the current"
+    " number to the target:"
     " each turn choose '+' to add one to the current number or '-' to subtract one."
 )
 NUMBERLINE_REPLY = (
@@ -83,6 +84,16 @@ def formula_slot(env: Any) -> Slot:
         return formula, jnp.arange(formula.shape[0]) < fields["formula_length"]
 
     return Slot("formula", symbols, rows)
+
+
+def max_position_slot(env: Any) -> Slot:
+    """The number line's largest position, " N": a constant of the env, not of its state."""
+
+    def rows(fields):
+        del fields
+        return jnp.full((1,), env.max_position, jnp.int32), jnp.ones(1, bool)
+
+    return Slot("max_position", tuple(f" {n}" for n in range(10)), rows)
 
 
 def _styles(full: str, brief: str) -> dict[str, str]:
@@ -118,6 +129,7 @@ NUMBERLINE = AgentSpec(
         NUMBERLINE_TEXT, "Number line: move the current number to the target with '+' or '-'."
     ),
     replies=_styles(NUMBERLINE_REPLY, '{"thoughts": "...", "action": "+" or "-"}'),
+    slots=lambda env: {"max_position": max_position_slot(env)},
     expert=Expert(move=expert.numberline_move, state_keys=expert.numberline_state_keys),
     grounding=Grounding(grounding.describe_numberline, grounding.numberline_claims),
 )
