@@ -71,9 +71,7 @@ class RunSetup:
 
     @property
     def max_steps_in_episode(self) -> int | None:
-        source = self.env if self.is_python_env else self.env_params
-        steps = getattr(source, "max_steps_in_episode", None)
-        return None if steps is None else int(steps)
+        return _max_steps(self.env, self.env_params)
 
     @property
     def format_reward(self) -> tuple[float, float]:
@@ -122,6 +120,13 @@ def _held_out(name: str, overrides: dict[str, Any], early_termination: bool):
     return (*_make_env(name, overrides, early_termination), overrides)
 
 
+def _max_steps(env: Any, env_params: Any) -> int | None:
+    """The episode bound: a JAX env's `EnvParams` field, a Python env's attribute."""
+    source = env if envs.is_python_env(env) else env_params
+    steps = getattr(source, "max_steps_in_episode", None)
+    return None if steps is None else int(steps)
+
+
 def _python_env(name: str, overrides: dict[str, Any]) -> envs.PythonEnv:
     return envs.make(name, **overrides)[0]
 
@@ -132,8 +137,7 @@ def build_setup(config: ml_collections.ConfigDict) -> RunSetup:
     env, env_params = _make_env(name, overrides, config.early_termination)
     eval_env, eval_params, eval_overrides = _held_out(name, overrides, config.early_termination)
     python_env = envs.is_python_env(env)
-    source = env if python_env else env_params
-    max_steps = getattr(source, "max_steps_in_episode", None)
+    max_steps = _max_steps(env, env_params)
     turns = config.train.turns_per_update
     if config.rl.advantage == "group" and (max_steps is None or turns < max_steps):
         raise ConfigError(

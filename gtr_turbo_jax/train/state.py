@@ -43,6 +43,12 @@ class DaggerBuffer:
     def capacity(self) -> int:
         return self.reply_ids.shape[0]
 
+    @property
+    def filled(self) -> jax.Array:
+        """() int32: rows that hold a pair (at least 1, so draws from an empty buffer are valid
+        indices; their loss is masked by `count > 0`)."""
+        return jnp.minimum(self.count, max(self.capacity, 1))
+
     def rows(self, index: jax.Array) -> DaggerBuffer:
         """The rows at `index` (the count is kept)."""
         count = self.count

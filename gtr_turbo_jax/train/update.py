@@ -312,8 +312,7 @@ def loss_fn(
             logp, targets.old_logp[index], advantages, *value_terms, trained, **clipping
         )
     if config.uses_sft:
-        filled = jnp.minimum(dagger.count, max(dagger.capacity, 1))
-        pairs = dagger.rows(jax.random.randint(sft_key, (config.sft_rows,), 0, filled))
+        pairs = dagger.rows(jax.random.randint(sft_key, (config.sft_rows,), 0, dagger.filled))
         # The whole reply is attended (the action span too): only labels are masked, and the
         # right padding comes after every labelled token, so causality makes it harmless.
         reply_mask = jnp.ones_like(pairs.reply_ids)
@@ -474,7 +473,7 @@ def _update_step(
         learning_rate=lr,
         teacher_policy_distance=distance,
         merged=merged_now.astype(jnp.float32),
-        dagger_size=jnp.minimum(dagger.count, max(dagger.capacity, 1)).astype(jnp.float32),
+        dagger_size=dagger.filled.astype(jnp.float32),
     )  # fmt: skip
     new_state = trained.replace(
         teacher=teacher, dagger=dagger, key=key, update_count=state.update_count + 1
