@@ -96,6 +96,7 @@ MEANINGS: dict[str, str] = {
     "rl.kl_beta": "weight of the thought KL subtracted from the advantage (turbo_kl)",
     "rl.kl_invalid_value": "KL charged to an invalid reply (turbo_kl)",
     "rl.kl_scope": "tokens the KL covers: thought (the paper) or thought_action",
+    "rl.kl_context": "the teacher's prompt for the KL: image (the paper) or blind (its vision tokens masked out, as the authors' released code)",
     "rl.sft_coef": "weight of the SFT loss on teacher replies (gtr, turbo_sft)",
     "rl.sft_minibatch_size": "DAgger rows paired with each PPO micro-batch (None: a quarter of minibatch_size)",
     "rl.format_reward_placement": "where the format reward enters: after_gae, in_gae or ignore (None: ignore for ppo, else after_gae)",
@@ -108,7 +109,8 @@ MEANINGS: dict[str, str] = {
     "rl.merge_interval": "updates between teacher merges",
     "rl.snapshot_capacity": "merge_window=ring: the policy snapshots (one per PPO epoch) the merge averages over, newest kept",
     "rl.dagger_capacity": "rows of the never-cleared DAgger buffer of teacher replies (gtr, turbo_sft)",
-    "rl.teacher_source": "turbo modes: merged (the policy's merged checkpoints, GTR-Turbo) or initial (the starting model for the whole run: the paper's static-teacher ablation)",
+    "rl.teacher_source": "turbo modes: merged (the policy's merged checkpoints, GTR-Turbo), initial (the starting model for the whole run: the paper's static-teacher ablation) or external (turbo_kl: the fixed model at rl.teacher_path, On-Policy Distillation's teacher)",
+    "rl.teacher_path": "teacher_source=external: a local HF directory, any size, the policy's tokenizer and image patches (not saved in checkpoints; eval and export do not read it)",
     "rl.dagger_sampling": "reservoir (a uniform sample of every correction so far, as GTR's never-cleared buffer) or ring (the latest rows only)",
     "rl.teacher_retries": "turbo_sft: samples again a teacher reply that does not parse, at temperature x1.1 per retry, capped at 0.9 (the authors')",
     # train

@@ -87,7 +87,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
     args = parser.parse_args(argv)
     config = run_config(args.run_dir)
-    if config.rl.mode not in ("turbo_kl", "turbo_sft") or config.rl.merge_method == "ema":
+    external = config.rl.get("teacher_source") == "external"
+    if (
+        config.rl.mode not in ("turbo_kl", "turbo_sft")
+        or config.rl.merge_method == "ema"
+        or external
+    ):
         parser.error("the run must be a turbo run with a TIES / linear merge (it keeps theta_0)")
     learner, state, host = restore_run(args.run_dir, args.step, config)
     result = {"update": host["update"], **thought_kl_stats(learner, state, args.batches)}

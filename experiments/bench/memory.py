@@ -53,7 +53,7 @@ from gtr_turbo_jax.rollout.batch import Batch
 from gtr_turbo_jax.rollout.multiturn import init_rollout_state, make_policy_turn
 from gtr_turbo_jax.text.image import image_grid_thw
 from gtr_turbo_jax.train.run_config import load_config
-from gtr_turbo_jax.train.setup import build_setup, model_defs
+from gtr_turbo_jax.train.setup import build_setup
 from gtr_turbo_jax.train.sharding import (
     batch_shardings,
     env_axis_shardings,
@@ -61,7 +61,7 @@ from gtr_turbo_jax.train.sharding import (
     sharded_update_step,
     state_shardings,
 )
-from gtr_turbo_jax.train.state import init_train_state
+from gtr_turbo_jax.train.state import init_train_state, model_defs
 
 GIB = 2**30
 REAL_PRESETS = ("qwen2.5-vl-3b", "qwen2.5-vl-7b")

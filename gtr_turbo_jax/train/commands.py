@@ -19,11 +19,15 @@ from gtr_turbo_jax.train.state import TrainState
 
 
 def restore_run(
-    run_dir: str | Path, step: int | None = None, config: ml_collections.ConfigDict | None = None
+    run_dir: str | Path,
+    step: int | None = None,
+    config: ml_collections.ConfigDict | None = None,
+    with_teacher: bool = False,
 ) -> tuple[Learner, TrainState, dict[str, Any]]:
     """The run's learner (`config`: default the run's own) and the `TrainState` and host-side
-    counters of its checkpoint `step` (default: the newest good one)."""
-    learner = Learner(config or read_run_config(run_dir))
+    counters of its checkpoint `step` (default: the newest good one); an external teacher's
+    weights only `with_teacher`."""
+    learner = Learner(config or read_run_config(run_dir), with_teacher)
     with learner.checkpointer(RunDir(run_dir).checkpoints, read_only=True) as checkpoints:
         _, state, _, host = learner.restore(checkpoints, step)
     return learner, state, host

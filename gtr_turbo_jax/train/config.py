@@ -24,7 +24,8 @@ KL_SCOPES = ("thought", "thought_action")
 RATIO_LEVELS = ("sequence", "token")
 ADVANTAGES = ("gae", "group")
 DAGGER_SAMPLINGS = ("reservoir", "ring")
-TEACHER_SOURCES = ("merged", "initial")
+TEACHER_SOURCES = ("merged", "initial", "external")
+KL_CONTEXTS = ("image", "blind")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +83,12 @@ class UpdateConfig:
     reward (its rewards are the env's only). Default (`None`): `ignore` in `ppo`, `after_gae` in
     the other modes (see `format_reward_mode`).
 
-    Teacher (turbo modes), `teacher_source`: `merged` (GTR-Turbo) or `initial`, the starting model
-    kept as the teacher for the whole run (the paper's static-teacher ablation).
+    Teacher (turbo modes), `teacher_source`: `merged` (GTR-Turbo), `initial`, the starting model
+    kept as the teacher for the whole run (the paper's static-teacher ablation), or `external`
+    (`turbo_kl` only): a fixed model loaded from the local HF directory `teacher_path`, any size,
+    the policy's tokenizer and image patches (On-Policy Distillation's teacher). `kl_context`:
+    the teacher scores the replies with the image in its prompt (`image`, METHOD.md 4.3) or
+    without it (`blind`: the vision tokens masked out, as the authors' released code).
     Merge (turbo modes, `merged`): every `merge_interval` updates the teacher becomes `theta_0 + merge(tau)`
     (`ties` or `linear`, with SMA weights) or `alpha * policy + (1 - alpha) * teacher` (`ema`).
     Snapshots are taken after every epoch. `merge_window`: `all` (the paper's SMA over every
@@ -129,10 +134,12 @@ class UpdateConfig:
     kl_beta: float = 1.0
     kl_invalid_value: float = 100.0
     kl_scope: str = "thought"
+    kl_context: str = "image"
     sft_coef: float = 1.0
     sft_minibatch_size: int | None = None
     format_reward_placement: str | None = None
     teacher_source: str = "merged"
+    teacher_path: str = ""
     merge_method: str = "ties"
     merge_space: str = "factored"
     merge_density: float = 0.8
@@ -160,6 +167,18 @@ class UpdateConfig:
         _choice("advantage", self.advantage, ADVANTAGES)
         _choice("dagger_sampling", self.dagger_sampling, DAGGER_SAMPLINGS)
         _choice("teacher_source", self.teacher_source, TEACHER_SOURCES)
+        _choice("kl_context", self.kl_context, KL_CONTEXTS)
+        if (self.teacher_source == "external") != bool(self.teacher_path):
+            raise ValueError(
+                "UpdateConfig.teacher_path names the model of teacher_source='external' (a local "
+                f"HF directory), and only it: got teacher_source={self.teacher_source!r}, "
+                f"teacher_path={self.teacher_path!r}"
+            )
+        if self.teacher_source == "external" and self.mode == "turbo_sft":
+            raise ValueError(
+                "UpdateConfig.teacher_source='external' guides by the thought KL: "
+                "mode='turbo_sft' is not supported (use turbo_kl)"
+            )
         inf = math.inf
         for name, low, high, low_open in (
             ("gamma", 0.0, 1.0, False),
@@ -232,7 +251,12 @@ class UpdateConfig:
     @property
     def uses_snapshots(self) -> bool:
         """The snapshot ring buffer (and theta_0 for task vectors) exist for TIES / linear only."""
-        return self.uses_teacher and self.merge_method != "ema"
+        return self.uses_teacher and self.merge_method != "ema" and not self.external_teacher
+
+    @property
+    def external_teacher(self) -> bool:
+        """The teacher is a separate model (`teacher_path`), not built from the policy."""
+        return self.teacher_source == "external"
 
     @property
     def rollout_group_size(self) -> int:

@@ -26,8 +26,8 @@ from gtr_turbo_jax.rollout.multiturn import RolloutState, make_rollout
 from gtr_turbo_jax.train.checkpoint import Checkpointer, CheckpointError
 from gtr_turbo_jax.train.progress import Bar
 from gtr_turbo_jax.train.run_config import ConfigError
-from gtr_turbo_jax.train.setup import build_model, build_setup, model_defs
-from gtr_turbo_jax.train.state import TrainState, init_train_state, split_model
+from gtr_turbo_jax.train.setup import build_model, build_setup, build_teacher
+from gtr_turbo_jax.train.state import TrainState, init_train_state, model_defs, split_model
 
 
 def run_keys(seed: int) -> dict[str, jax.Array]:
@@ -40,12 +40,16 @@ def run_keys(seed: int) -> dict[str, jax.Array]:
 class Learner:
     """The setup, modules, keys, rollout and evaluator of the run `config` describes."""
 
-    def __init__(self, config: ml_collections.ConfigDict):
+    def __init__(self, config: ml_collections.ConfigDict, with_teacher: bool = True):
+        """`with_teacher=False`: a reader of the policy (eval, export), whose states hold no
+        external teacher; nothing of it is read."""
         self.config = config
-        self.setup = setup = build_setup(config)
+        self.setup = setup = build_setup(config, with_teacher)
         self.keys = run_keys(config.train.seed)
         self.model, self.value_head = build_model(setup)
-        self.defs = model_defs(self.model, self.value_head)
+        # An external teacher's weights are read when a state needs them (`init_state`,
+        # `restore`); a reader's learner (eval, export) has no teacher at all.
+        self.defs = model_defs(self.model, self.value_head, build_teacher(setup, abstract=True))
         common = (setup.template, setup.spec, setup.image_config, setup.sampling, self.defs)
         options = dict(
             format_reward=setup.format_reward,
@@ -106,11 +110,18 @@ class Learner:
 
     # -- states ---------------------------------------------------------------------------------
 
-    def init_state(self) -> TrainState:
-        """A fresh `TrainState` of the modules as they are now (after a warm start, its model)."""
-        _, state = init_train_state(
-            self.model, self.value_head, self.setup.update, self.keys["state"], self.batch_like()
-        )
+    def init_state(self, with_teacher: bool = True) -> TrainState:
+        """A fresh `TrainState` of the modules as they are now (after a warm start, its model).
+        An external teacher is loaded (its buffers become the state's: the update donates them),
+        or without `with_teacher` only its shapes."""
+        teacher = build_teacher(self.setup, abstract=not with_teacher)  # None for a reader
+        defs, state = init_train_state(
+            self.model, self.value_head, self.setup.update, self.keys["state"], self.batch_like(),
+            teacher,
+        )  # fmt: skip
+        if defs != self.defs:
+            raise ValueError(f"{self.setup.update.teacher_path}: the teacher's weights do not "
+                             "match its config.json")  # fmt: skip
         return state
 
     def init_rollout(self) -> RolloutState:
@@ -128,29 +139,42 @@ class Learner:
 
     def checkpoint_tree(self, state: TrainState, rollout_state) -> dict[str, Any]:
         """What a checkpoint holds of the states: both, or with a Python env the train state and
-        the rollout's key (the envs' state is in Python objects)."""
+        the rollout's key (the envs' state is in Python objects). An external teacher is not
+        saved: it never changes, and `rl.teacher_path` has it."""
         if self.setup.is_python_env:
-            return {"state": state, "rollout_key": rollout_state.key}
-        return {"state": state, "rollout": rollout_state}
+            return {"state": self._saved(state), "rollout_key": rollout_state.key}
+        return {"state": self._saved(state), "rollout": rollout_state}
+
+    def _saved(self, state: TrainState) -> TrainState:
+        return state.replace(teacher=nnx.State({})) if self.external_teacher else state
+
+    @property
+    def external_teacher(self) -> bool:
+        return self.setup.update.uses_teacher and self.setup.update.external_teacher
 
     def restore(
         self, checkpoints: Checkpointer, step: int | None = None
     ) -> tuple[int, TrainState, Any, dict[str, Any]]:
         """`(step, train state, rollout state, host-side counters)` of checkpoint `step` (default:
         the newest good one). With a Python env the rollout state is a fresh one from the saved
-        key (new episodes)."""
+        key (new episodes). An external teacher is loaded again (a reader's learner: none)."""
         if checkpoints.latest_step() is None:
             raise CheckpointError(f"no checkpoint in {checkpoints.directory}")
+        fresh = self.init_state(with_teacher=False)
         if self.setup.is_python_env:  # not `init_rollout`: that would start the envs twice
-            like = {"state": self.init_state(), "rollout_key": self.keys["rollout"]}
+            like = {"state": self._saved(fresh), "rollout_key": self.keys["rollout"]}
         else:
-            like = self.checkpoint_tree(self.init_state(), self.init_rollout())
+            like = self.checkpoint_tree(fresh, self.init_rollout())
         step, tree, host = checkpoints.restore(like, step)
         if self.setup.is_python_env:
             rollout_state = self.rollout.init(tree["rollout_key"], self.config.train.num_envs)
         else:
             rollout_state = tree["rollout"]
-        return step, tree["state"], rollout_state, host
+        state = tree["state"]
+        teacher = build_teacher(self.setup)  # an external teacher is not in the checkpoint
+        if teacher is not None:
+            state = state.replace(teacher=nnx.state(teacher))
+        return step, state, rollout_state, host
 
     def model_with(self, state: TrainState | None = None) -> nnx.Module:
         """The policy as an NNX module: the run's fresh/warm-started model, or `state`'s policy."""

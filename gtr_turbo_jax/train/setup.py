@@ -23,7 +23,6 @@ from gtr_turbo_jax.envs.base import VisualEnv
 from gtr_turbo_jax.models import (
     LoRAConfig,
     ModelConfig,
-    ModelDefs,
     Qwen25VL,
     ValueHead,
     from_pretrained,
@@ -64,6 +63,9 @@ class RunSetup:
     # rollout's adapters (None for JAX envs).
     env_factory: Callable[[], envs.PythonEnv] | None = None
     eval_env_factory: Callable[[], envs.PythonEnv] | None = None
+    # `rl.teacher_source="external"`: the teacher model's config (`rl.teacher_path`; None when
+    # built for a reader of the policy, `build_setup(with_teacher=False)`).
+    teacher_config: ModelConfig | None = None
 
     @property
     def is_python_env(self) -> bool:
@@ -131,8 +133,9 @@ def _python_env(name: str, overrides: dict[str, Any]) -> envs.PythonEnv:
     return envs.make(name, **overrides)[0]
 
 
-def build_setup(config: ml_collections.ConfigDict) -> RunSetup:
-    """The static pieces of the run `config` describes (one ConfigError line on bad input)."""
+def build_setup(config: ml_collections.ConfigDict, with_teacher: bool = True) -> RunSetup:
+    """The static pieces of the run `config` describes (one ConfigError line on bad input).
+    Without `with_teacher` an external teacher is not looked at (readers of the policy)."""
     name, overrides = env_overrides(config)
     env, env_params = _make_env(name, overrides, config.early_termination)
     eval_env, eval_params, eval_overrides = _held_out(name, overrides, config.early_termination)
@@ -210,6 +213,12 @@ def build_setup(config: ml_collections.ConfigDict) -> RunSetup:
         )
     except ValueError as err:
         raise ConfigError(f"sampling section: {err}") from None
+    update = update_config(config)
+    teacher_config = None
+    if update.uses_teacher and update.external_teacher and with_teacher:
+        teacher_config = _teacher_config(
+            update.teacher_path, config.model.dtype, model_config, tokenizer
+        )
     return RunSetup(
         config=config,
         env_name=name,
@@ -226,12 +235,61 @@ def build_setup(config: ml_collections.ConfigDict) -> RunSetup:
         constraint=constraint,
         model_config=model_config,
         lora=lora,
-        update=update_config(config),
+        update=update,
+        teacher_config=teacher_config,
         env_factory=functools.partial(_python_env, name, overrides) if python_env else None,
         eval_env_factory=(
             functools.partial(_python_env, name, eval_overrides) if python_env else None
         ),
     )
+
+
+def _teacher_config(path: str, dtype: str, policy: ModelConfig, tokenizer: Any) -> ModelConfig:
+    """The external teacher's config, checked against the policy's: it must read the same token
+    ids (its tokenizer, where the directory has one, is the policy's) and the same image patches."""
+    where = f"rl.teacher_path={path!r}"
+    if not Path(path).is_dir():
+        raise ConfigError(f"{where} is not a directory")
+    try:
+        teacher = load_config(path, dtype=dtype)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        raise ConfigError(f"{where}: {err}") from None
+    if teacher.text.vocab_size < len(tokenizer):
+        raise ConfigError(
+            f"{where}: the teacher's vocab_size={teacher.text.vocab_size} is smaller than the "
+            f"policy's tokenizer ({len(tokenizer)} ids)"
+        )
+    if any(Path(path, name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        try:
+            same = load_tokenizer(path).get_vocab() == tokenizer.get_vocab()
+        except (ValueError, OSError) as err:
+            raise ConfigError(f"{where}: its tokenizer does not load: {err}") from None
+        if not same:
+            raise ConfigError(
+                f"{where}: its tokenizer is not the policy's (a different vocabulary)"
+            )
+    for field in ("image_token_id", "vision_start_token_id", "vision_end_token_id"):
+        if getattr(teacher, field) != getattr(policy, field):
+            raise ConfigError(
+                f"{where}: {field}={getattr(teacher, field)}, the policy's is {getattr(policy, field)}"
+            )
+    for field in ("in_channels", "patch_size", "temporal_patch_size", "spatial_merge_size"):
+        if getattr(teacher.vision, field) != getattr(policy.vision, field):
+            raise ConfigError(
+                f"{where}: vision {field}={getattr(teacher.vision, field)}, the policy's is "
+                f"{getattr(policy.vision, field)} (both read the same image patches)"
+            )
+    return teacher
+
+
+def build_teacher(setup: RunSetup, abstract: bool = False) -> Qwen25VL | None:
+    """The external teacher (`rl.teacher_source="external"`), loaded without LoRA, or its
+    `abstract` form (shapes only, nothing read or allocated); None for the other teachers."""
+    if setup.teacher_config is None:
+        return None
+    if abstract:
+        return nnx.eval_shape(lambda: Qwen25VL(setup.teacher_config, rngs=nnx.Rngs(0)))
+    return from_pretrained(setup.update.teacher_path, setup.config.model.dtype)
 
 
 def build_model(setup: RunSetup) -> tuple[Qwen25VL, ValueHead]:
@@ -250,10 +308,4 @@ def build_model(setup: RunSetup) -> tuple[Qwen25VL, ValueHead]:
     return model, value_head
 
 
-def model_defs(model: Qwen25VL, value_head: ValueHead) -> ModelDefs:
-    from gtr_turbo_jax.train.state import split_model
-
-    return ModelDefs(split_model(model)[0], nnx.split(value_head, nnx.Param)[0])
-
-
-__all__ = ["RunSetup", "build_model", "build_setup", "model_defs"]
+__all__ = ["RunSetup", "build_model", "build_setup", "build_teacher"]

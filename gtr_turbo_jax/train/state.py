@@ -76,7 +76,9 @@ class TrainState:
     base: nnx.State  # frozen parameters shared by policy and teacher
     policy: nnx.State  # trainable: LoRA adapters (or every parameter without LoRA)
     value_head: nnx.State  # trainable
-    teacher: nnx.State  # turbo modes: adapters like `policy` (factored) or kernel deltas (dense)
+    # turbo modes: adapters like `policy` (factored), kernel deltas (dense), or an external
+    # model's parameters (not in checkpoints: `Learner.checkpoint_tree` leaves it out)
+    teacher: nnx.State
     initial: nnx.State  # TIES / linear merges: theta_0, the policy's starting adapters
     opt_state: optax.OptState  # over (policy, value_head)
     # Task vectors theta_i - theta_0, leaves [S, ...]: the ring of the last S snapshots
@@ -103,18 +105,39 @@ def split_model(model: Qwen25VL) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
     return graphdef, trainable, base
 
 
+def model_defs(
+    model: Qwen25VL, value_head: ValueHead, teacher: Qwen25VL | None = None
+) -> ModelDefs:
+    """The graph definitions of the modules (an external `teacher` has its own), and the
+    policy's vision token ids."""
+    config = model.config
+    return ModelDefs(
+        model=split_model(model)[0],
+        value_head=nnx.split(value_head, nnx.Param)[0],
+        teacher=None if teacher is None else nnx.graphdef(teacher),
+        vision_token_ids=(
+            config.vision_start_token_id,
+            config.image_token_id,
+            config.vision_end_token_id,
+        ),
+    )
+
+
 def init_train_state(
     model: Qwen25VL,
     value_head: ValueHead,
     config: UpdateConfig,
     key: jax.Array,
     batch_like: Batch,
+    teacher: Qwen25VL | None = None,
 ) -> tuple[ModelDefs, TrainState]:
     """Splits the modules into the state pytree. `batch_like` (e.g. `Batch.dummy(...)` of the
     rollout's shapes) sizes the DAgger buffer (its images in the model's compute dtype); the
-    teacher and theta_0 start as the policy. Parts the mode does not use are empty states."""
-    graphdef, trainable, base = split_model(model)
-    value_graphdef, value_params = nnx.split(value_head, nnx.Param)
+    teacher and theta_0 start as the policy, or the teacher is the external model `teacher`
+    (`teacher_source="external"`: every parameter; None: an empty teacher, for readers of the
+    policy). Parts the mode does not use are empty."""
+    _, trainable, base = split_model(model)
+    value_params = nnx.split(value_head, nnx.Param)[1]
     copy = lambda tree: jax.tree.map(jnp.array, tree)  # distinct buffers: the state is donated
     empty = nnx.State({})
     capacity = config.snapshot_capacity if config.uses_snapshots else 0
@@ -154,6 +177,8 @@ def init_train_state(
         update_count=jnp.zeros((), jnp.int32),
         lora_scale=lora_scale,
     )
-    if config.uses_teacher:
+    if config.uses_teacher and config.external_teacher:
+        state = state.replace(teacher=empty if teacher is None else nnx.state(teacher))
+    elif config.uses_teacher:
         state = state.replace(teacher=initial_teacher(trainable, base, lora_scale, config))
-    return ModelDefs(graphdef, value_graphdef), state
+    return model_defs(model, value_head, teacher if config.uses_teacher else None), state

@@ -82,13 +82,17 @@ def initial_teacher(trainable: nnx.State, base: nnx.State, lora_scale: float, co
 
 
 def teacher_weights(state: TeacherFields, config: UpdateConfig) -> tuple[nnx.State, nnx.State]:
-    """`(adapters, base)` of the teacher's forward, for `nnx.merge(defs.model, adapters, base)`.
+    """`(adapters, base)` of the teacher's forward, for `nnx.merge(defs.model, adapters, base)`
+    (an external teacher: `defs.teacher`).
 
     Factored: the teacher's adapters on the shared base. Dense: zero adapters (the LoRA branch
     then adds nothing) on a base whose adapted kernels are `W + delta`, in the kernel's dtype.
+    External: the teacher's own parameters, nothing shared.
     """
     if not config.uses_teacher:
         raise ValueError(f"mode={config.mode!r} has no teacher: use turbo_sft or turbo_kl")
+    if config.external_teacher:
+        return state.teacher, nnx.State({})
     if not is_dense(state.lora_scale, config):
         return state.teacher, state.base
     zero_adapters = jax.tree.map(jnp.zeros_like, state.policy)
@@ -179,13 +183,16 @@ def merge_teacher(state: TeacherFields, policy: nnx.State, config: UpdateConfig)
 
 def remerge(
     state: TeacherFields, policy: nnx.State, update_count: jax.Array, config: UpdateConfig
-) -> tuple[nnx.State, jax.Array, jax.Array]:
+) -> tuple[nnx.State, jax.Array, jax.Array | None]:
     """`(teacher, merged_now, distance)` after update `update_count` (0-based): re-merged every
     `merge_interval` updates (`lax.cond`: one program for both), and the global L2 distance of the
     new teacher to the policy in the teacher's space. `teacher_source="initial"` (the paper's
-    static-teacher ablation) never re-merges."""
+    static-teacher ablation) never re-merges; an external teacher neither, and has no distance to
+    the policy (a different model: None)."""
     if not config.uses_teacher:
         return state.teacher, jnp.zeros((), bool), jnp.zeros((), jnp.float32)
+    if config.external_teacher:
+        return state.teacher, jnp.zeros((), bool), None
     merged_now = (update_count + 1) % config.merge_interval == 0
     merged_now = merged_now & (config.teacher_source == "merged")
     teacher = jax.lax.cond(

@@ -5,7 +5,8 @@ function a step (`_update_step` reads as this list):
 1-2. `old_scores`: flatten `[turns, envs]` to samples; the old per-token log-probs, values and
    thought entropy are the rollout's (its sampler scored the same tokens under the same
    parameters), or with `config.rescore` a full forward of every reply (no dropout); `turbo_kl`:
-   the teacher (same base; its adapters, or its dense kernel deltas) scores the same replies,
+   the teacher (same base with its adapters or its dense kernel deltas, or an external model;
+   with the image in its prompt or blind: `kl_context`) scores the same replies,
    `rl.thought_kl` at temperature 1 on the thought tokens (`kl_estimator="forward"`:
    `rl.forward_kl` over the vocabulary, which adds the policy's own forward);
 3. `ppo_targets`: turn-level GAE on `[turns, envs]` and shaped advantages
@@ -38,7 +39,7 @@ from gtr_turbo_jax import rl
 from gtr_turbo_jax.rollout.batch import Batch
 from gtr_turbo_jax.train import teacher as teacher_lib
 from gtr_turbo_jax.train.config import UpdateConfig, learning_rate_at, make_optimizer
-from gtr_turbo_jax.train.scoring import score_replies
+from gtr_turbo_jax.train.scoring import blind_prompt_mask, score_replies
 from gtr_turbo_jax.train.state import DaggerBuffer, ModelDefs, TrainState
 
 Metrics = dict[str, jax.Array]
@@ -155,15 +156,26 @@ def trained_samples(batch: Batch, config: UpdateConfig) -> jax.Array:
 class Scorer:
     """Forwards of the model on rows of samples: `score(adapters, base, rows, reply_ids,
     reply_mask, dropout_key)`, with the batch's static image grid (`rows`: anything with
-    `prompt_ids`, `prompt_mask`, `image_patches`)."""
+    `prompt_ids`, `prompt_mask`, `image_patches`). `teacher`: the teacher's graph (an external
+    model's, or the policy's); `blind`: without the image (`scoring.blind_prompt_mask`)."""
 
     def __init__(self, defs: ModelDefs, grid: tuple):
         self.defs, self.grid = defs, grid
 
-    def __call__(self, adapters, base, rows, reply_ids, reply_mask, dropout_key=None):
+    def __call__(
+        self, adapters, base, rows, reply_ids, reply_mask, dropout_key=None, *,
+        teacher: bool = False, blind: bool = False,
+    ):  # fmt: skip
+        graphdef = self.defs.teacher if teacher and self.defs.teacher else self.defs.model
+        prompt_mask, images = rows.prompt_mask, rows.image_patches
+        if blind:
+            prompt_mask = blind_prompt_mask(
+                rows.prompt_ids, prompt_mask, self.defs.vision_token_ids
+            )
+            images = None
         return score_replies(
-            self.defs.model, base, adapters, rows.prompt_ids, rows.prompt_mask,
-            rows.image_patches, reply_ids, reply_mask, self.grid, dropout_key,
+            graphdef, base, adapters, rows.prompt_ids, prompt_mask, images, reply_ids,
+            reply_mask, self.grid, dropout_key,
         )  # fmt: skip
 
     def value(self, params: nnx.State, hidden: jax.Array) -> jax.Array:
@@ -204,12 +216,17 @@ def old_scores(
                 "entropy": rl.masked_token_mean(rows.sampler_entropy, rows.thought_mask),
             }
         if teacher is not None:
-            reference = score(*teacher, rows, rows.response_ids, rows.response_mask)
+            reference = score(
+                *teacher, rows, rows.response_ids, rows.response_mask,
+                teacher=True, blind=config.kl_context == "blind",
+            )  # fmt: skip
             scope = rl.kl_scope_mask(rows.thought_mask, rows.action_mask, config.kl_scope)
-            if forward:
+            if forward:  # an external teacher's vocabulary may be padded to another size
+                vocab = min(policy.logits.shape[-1], reference.logits.shape[-1])
                 out["kl"] = rl.forward_kl(
-                    policy.logits, reference.logits, scope, rows.valid, config.kl_invalid_value
-                )
+                    policy.logits[..., :vocab], reference.logits[..., :vocab], scope,
+                    rows.valid, config.kl_invalid_value,
+                )  # fmt: skip
             else:
                 out["kl"] = rl.thought_kl(
                     out["logp_unit"],
@@ -471,9 +488,9 @@ def _update_step(
     metrics = update_metrics(
         step_metrics, samples, old, shaped, targets,
         learning_rate=lr,
-        teacher_policy_distance=distance,
         merged=merged_now.astype(jnp.float32),
         dagger_size=dagger.filled.astype(jnp.float32),
+        **({} if distance is None else {"teacher_policy_distance": distance}),
     )  # fmt: skip
     new_state = trained.replace(
         teacher=teacher, dagger=dagger, key=key, update_count=state.update_count + 1

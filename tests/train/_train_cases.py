@@ -40,16 +40,21 @@ PPO_CONFIG = KL_CONFIG.replace(mode="ppo", ppo_epochs=3)
 
 
 def build_state(
-    checkpoint: Path, config: UpdateConfig, seed: int = 0, lora: LoRAConfig = LORA
+    checkpoint: Path,
+    config: UpdateConfig,
+    seed: int = 0,
+    lora: LoRAConfig = LORA,
+    teacher: Path | None = None,
 ) -> tuple[ModelDefs, TrainState]:
     """A fresh model (random checkpoint: O(1) logits) and value head each time: the state is
-    donated to the update step."""
+    donated to the update step. `teacher`: an external teacher's checkpoint."""
     model = from_pretrained(checkpoint, lora=lora, seed=seed)
     value_head = ValueHead(MODEL_CONFIG.text.hidden_size, widths=(16,), rngs=nnx.Rngs(seed + 1))
     like = Batch.dummy(
         TURNS, ENVS, PROMPT_LEN, REPLY_LEN, MODEL_CONFIG.vision.patch_dim, GRID, REPLY_LEN
     )
-    return init_train_state(model, value_head, config, jax.random.key(seed), like)
+    teacher_model = None if teacher is None else from_pretrained(teacher)
+    return init_train_state(model, value_head, config, jax.random.key(seed), like, teacher_model)
 
 
 def make_batch(seed: int = 0, reward: np.ndarray | None = None) -> Batch:
