@@ -14,7 +14,9 @@ from each run's `metrics.jsonl`. Medians over repeats; where the time goes (roll
 update, eval, logging, checkpoint) is the median share of the timed phases.
 
 Reported ratios: `turbo_kl_over_ppo_per_env_step` (issue #18's bound: <= 1.15, the teacher stays
-nearly free), `speedup_over_baseline` (the default's env steps/s over the baseline's, turbo_kl;
+nearly free; the ratio of the medians) and `turbo_kl_over_ppo_paired` (the median over repeats
+of the ratio within a repeat, where both modes ran minutes apart: robust to the machine's drift
+between repeats), `speedup_over_baseline` (the default's env steps/s over the baseline's, turbo_kl;
 the issue asks >= 4), and `update_flops_fraction`: the update's achieved FLOP/s (XLA's count of
 one micro-batch forward, times the forwards and backwards the update runs, over its median wall
 time) as a fraction of a float32 matmul's FLOP/s measured in the same run: how close the update
@@ -161,6 +163,8 @@ def main() -> None:
     for mode in modes[1:]:
         ratio = result["ppo_env_steps_per_s"] / result[f"{mode}_env_steps_per_s"]
         result[f"{mode}_over_ppo_per_env_step"] = round(ratio, 3)
+        paired = [p["steps_per_s"] / m["steps_per_s"] for p, m in zip(runs["ppo"], runs[mode])]
+        result[f"{mode}_over_ppo_paired"] = round(statistics.median(paired), 3)
     speedup = result["turbo_kl_env_steps_per_s"] / result["baseline_turbo_kl_env_steps_per_s"]
     result["speedup_over_baseline"] = round(speedup, 2)
     for name in ("turbo_kl", "baseline_turbo_kl"):
