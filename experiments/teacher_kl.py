@@ -1,6 +1,6 @@
 """How far the free teacher is from the policy: thought KL of a turbo run's checkpoint.
 
-    python experiments/teacher_kl.py RUN_DIR [--batches 4] [--step N]
+    python experiments/teacher_kl.py RUN_DIR [--batches 4] [--step N] [--evaluate]
 
 Restores the run's training state (its newest checkpoint, or `--step`), plays `--batches` rollout
 batches with its policy and sampler, and scores the replies under (a) the merged teacher the run
@@ -9,7 +9,10 @@ teacher furthest behind). For each: the mean thought KL the update puts in the a
 (`rl.thought_kl` with the run's estimator, valid replies), the KL summed over a reply's thought
 tokens, and the share of thought tokens whose k1 exceeds 0.1 nats. With the policy's thought
 entropy per token this says whether a small mean KL is a teacher that agrees everywhere or one that
-disagrees on a few tokens (the decisions) among many copied ones. The last line is one JSON object.
+disagrees on a few tokens (the decisions) among many copied ones. `--evaluate` also plays the
+run's held-out evaluation (its levels and key, greedy) with the policy, the merged teacher and
+theta_0 each as the agent: whether the free teacher is a better agent than the policy it guides
+(the paper's premise). The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -80,11 +83,22 @@ def thought_kl_stats(learner: Learner, state, num_batches: int) -> dict[str, flo
     }
 
 
+def held_out_success(learner: Learner, state) -> dict[str, float]:
+    """Held-out success of the policy, the merged teacher and theta_0 played as the agent (the
+    teacher and theta_0 have the policy's adapter structure: factored merges, or no LoRA)."""
+    agents = {"policy": state.policy, "teacher": state.teacher, "initial": state.initial}
+    evaluate = lambda adapters: learner.evaluator(
+        state.base, adapters, state.value_head, learner.keys["eval"]
+    ).metrics["success_rate"]
+    return {f"{name}_success": float(evaluate(adapters)) for name, adapters in agents.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
+    parser.add_argument("--evaluate", action="store_true", help="held-out success of each")
     args = parser.parse_args(argv)
     config = run_config(args.run_dir)
     external = config.rl.get("teacher_source") == "external"
@@ -96,6 +110,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("the run must be a turbo run with a TIES / linear merge (it keeps theta_0)")
     learner, state, host = restore_run(args.run_dir, args.step, config)
     result = {"update": host["update"], **thought_kl_stats(learner, state, args.batches)}
+    if args.evaluate:
+        if config.rl.merge_space == "dense" and config.model.lora_rank > 0:
+            parser.error("--evaluate plays the teacher as adapters: not with merge_space=dense")
+        result.update(held_out_success(learner, state))
     print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in result.items()}))
 
 
