@@ -6,7 +6,7 @@ Snapshots live in a fixed-capacity ring buffer: a pytree whose leaves carry a le
 is `theta_0 + merged`.
 
 LoRA (Flax layout: `a [in, r]`, `b [r, out]`, delta kernel `a @ b * scaling`, scaling = alpha / r):
-- "dense" (the paper's semantics, the default): merge the products `a_i @ b_i * scaling`; the result
+- "dense" (the paper's semantics; `merge_lora`'s default mode): merge the products `a_i @ b_i * scaling`; the result
   is a dense `[in, out]` delta per adapted kernel, to be added to the base kernel. (With the usual
   `b = 0` initialisation the product itself is the snapshot's task vector.)
 - "factored" (the authors' code, through PEFT): merge the `a` and `b` stacks separately as ordinary

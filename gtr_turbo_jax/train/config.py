@@ -94,12 +94,14 @@ class UpdateConfig:
     Snapshots are taken after every epoch. `merge_window`: `all` (the paper's SMA over every
     snapshot so far, kept as running sums: `rl.running_sums_push`) or `ring` (the last
     `snapshot_capacity` snapshots; a teacher that lags the policy by a few updates only).
-    `merge_space`: `factored` merges the LoRA `a` and `b` leaves separately (the authors' PEFT
-    code; the teacher is an adapter set like the policy's, so it costs one more LoRA's bytes);
-    `dense` merges the per-kernel products `a @ b * scaling` (the paper's semantics): the teacher
-    is a dense delta per adapted kernel (a base kernel's bytes each, float32), added to the base
-    kernels inside the teacher's forward (see `train.teacher.teacher_weights`). Without LoRA the
-    two coincide (every parameter is merged as a full weight).
+    `merge_space`: `factored` merges the LoRA `a` and `b` leaves separately (as the authors' code
+    does through PEFT, with our TIES's normalisation; the teacher is an adapter set like the
+    policy's, so it costs one more LoRA's bytes); `dense` merges the per-kernel products
+    `a @ b * scaling` (the paper's semantics): the teacher is a dense delta per adapted kernel (a
+    base kernel's bytes each, float32), added to the base kernels inside the teacher's forward
+    (see `train.teacher.teacher_weights`), and the whole-run SMA keeps four float32 running sums
+    of the products (docs/scaling.md: 64 GiB on the 3B preset, why `factored` is the default).
+    Without LoRA the two coincide (every parameter is merged as a full weight).
     """
 
     mode: str = "turbo_kl"

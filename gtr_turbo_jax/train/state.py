@@ -24,7 +24,7 @@ from gtr_turbo_jax.models import Qwen25VL, ValueHead
 from gtr_turbo_jax.models.defs import ModelDefs
 from gtr_turbo_jax.rollout.batch import Batch
 from gtr_turbo_jax.train.config import UpdateConfig, make_optimizer
-from gtr_turbo_jax.train.teacher import initial_teacher
+from gtr_turbo_jax.train.teacher import initial_teacher, is_dense, kernel_deltas
 
 
 @struct.dataclass
@@ -147,12 +147,10 @@ def init_train_state(
         if model.lora is not None and nnx.state(model, nnx.LoRAParam)
         else 0.0
     )
-    if running and config.merge_space == "dense" and lora_scale > 0.0:
-        raise ValueError(
-            "merge_window='all' with merge_space='dense' would keep 4 float32 copies of every "
-            "adapted kernel: use merge_window='ring' (or merge_space='factored')"
-        )
-    if running:
+    if running and is_dense(lora_scale, config):  # 4 float32 sums per adapted kernel entry
+        products = jax.eval_shape(lambda: kernel_deltas(trainable, base, lora_scale))
+        snapshots = rl.running_sums_init(products)
+    elif running:
         snapshots = rl.running_sums_init(trainable)
     elif capacity:
         snapshots = jax.tree.map(lambda x: jnp.zeros((capacity, *x.shape), x.dtype), trainable)

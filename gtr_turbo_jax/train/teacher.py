@@ -112,22 +112,34 @@ def teacher_weights(state: TeacherFields, config: UpdateConfig) -> tuple[nnx.Sta
 
 # ---------------------------------------------------------------------- snapshot and merge
 def push_snapshot(
+    state: TeacherFields,
     snapshots: nnx.State,
     valid: jax.Array,
     count: jax.Array,
     policy: nnx.State,
-    initial: nnx.State,
     config: UpdateConfig,
 ) -> tuple[nnx.State, jax.Array, jax.Array]:
-    """Records the task vector `policy - theta_0`: into the running sums (`merge_window="all"`,
-    TIES's trimmed signs and magnitudes included) or the ring of the last S."""
-    task_vector = jax.tree.map(jnp.subtract, policy, initial)
+    """Records the task vector `policy - theta_0` (`state` gives theta_0, and the base kernels
+    of a dense merge): into the running sums (`merge_window="all"`, TIES's trimmed signs and
+    magnitudes included; dense: of the kernel products) or the ring of the last S."""
     if config.merge_window == "all":
+        task_vector = running_task_vector(state, policy, config)
         density = config.merge_density if config.merge_method == "ties" else None
         snapshots = rl.running_sums_push(snapshots, task_vector, density)
     else:
+        task_vector = jax.tree.map(jnp.subtract, policy, state.initial)
         snapshots, valid = rl.push_snapshot(snapshots, valid, count, task_vector)
     return snapshots, valid, count + 1
+
+
+def running_task_vector(state: TeacherFields, policy: nnx.State, config: UpdateConfig) -> nnx.State:
+    """What the running sums add up: `policy - theta_0`, leaf by leaf, or with a dense merge
+    the change of each adapted kernel's product, `(a b - a_0 b_0) * scale` (`[out, in]`)."""
+    if not is_dense(state.lora_scale, config):
+        return jax.tree.map(jnp.subtract, policy, state.initial)
+    now = kernel_deltas(policy, state.base, state.lora_scale)
+    start = kernel_deltas(state.initial, state.base, state.lora_scale)
+    return jax.tree.map(jnp.subtract, now, start)
 
 
 def merge_teacher(state: TeacherFields, policy: nnx.State, config: UpdateConfig) -> nnx.State:
@@ -146,12 +158,14 @@ def merge_teacher(state: TeacherFields, policy: nnx.State, config: UpdateConfig)
     plus_initial = lambda merged: jax.tree.map(
         lambda theta0, tau: theta0 + tau.astype(theta0.dtype), state.initial, merged
     )
-    if config.merge_window == "all":  # factored or full weights (`init_train_state` checks)
-        return plus_initial(
-            rl.running_sums_merge(
-                state.snapshots, state.snapshot_count, config.merge_method, config.merge_scale
-            )
+    if config.merge_window == "all":
+        merged = rl.running_sums_merge(
+            state.snapshots, state.snapshot_count, config.merge_method, config.merge_scale
         )
+        if dense:  # the starting product plus the merged change of each kernel's product
+            start = kernel_deltas(state.initial, state.base, state.lora_scale)
+            return jax.tree.map(jnp.add, start, merged)
+        return plus_initial(merged)
     weights = rl.sma_weights(state.snapshot_valid)
     merge = lambda deltas: rl.merge_deltas(
         deltas, weights, config.merge_method, config.merge_density, config.merge_scale

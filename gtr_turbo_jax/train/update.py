@@ -402,7 +402,7 @@ def ppo_epochs(
         )
         if config.uses_snapshots:
             snapshots, snapshot_valid, snapshot_count = teacher_lib.push_snapshot(
-                snapshots, snapshot_valid, snapshot_count, trainable[0], state.initial, config
+                state, snapshots, snapshot_valid, snapshot_count, trainable[0], config
             )
         return (trainable, opt_state, snapshots, snapshot_valid, snapshot_count), metrics
 

@@ -34,7 +34,13 @@ from gtr_turbo_jax.models.random_checkpoint import write_random_checkpoint
 from gtr_turbo_jax.rl import merge_lora
 from gtr_turbo_jax.rollout.batch import Batch
 from gtr_turbo_jax.train.state import init_train_state
-from gtr_turbo_jax.train.teacher import kernel_deltas, lora_pairs, merge_teacher, teacher_weights
+from gtr_turbo_jax.train.teacher import (
+    kernel_deltas,
+    lora_pairs,
+    merge_teacher,
+    push_snapshot,
+    teacher_weights,
+)
 from gtr_turbo_jax.train.update import update_step
 
 DENSE_CONFIG = KL_CONFIG.replace(merge_space="dense", merge_density=0.5, merge_window="ring")
@@ -212,12 +218,46 @@ def test_modes_without_a_teacher_hold_no_teacher_parts(checkpoint):
                 teacher_weights(state, config)
 
 
-def test_the_whole_run_sma_keeps_four_sums_and_refuses_dense_deltas(checkpoint):
+def test_the_whole_run_sma_keeps_four_sums(checkpoint):
     _, state = build_state(checkpoint, KL_CONFIG)  # merge_window="all", factored
     for sums, adapter in zip(jax.tree.leaves(state.snapshots), jax.tree.leaves(state.policy)):
         assert sums.shape == (4, *adapter.shape) and sums.dtype == jnp.float32
-    with pytest.raises(ValueError, match="merge_window='all' with merge_space='dense'"):
-        build_state(checkpoint, KL_CONFIG.replace(merge_space="dense"))
+
+
+push_jit = jax.jit(push_snapshot, static_argnames="config")
+
+
+def test_dense_whole_run_sma_is_ties_over_every_snapshots_products(checkpoint):
+    """`merge_space=dense, merge_window=all`: four float32 sums per adapted kernel entry; after
+    five pushed policies the teacher is `a0 b0 s + TIES(a_i b_i s - a0 b0 s)` over all five,
+    SMA weights (the numpy transcription), from a warm-started theta_0 (b0 != 0)."""
+    config = DENSE_CONFIG.replace(merge_window="all")
+    _, state = build_state(checkpoint, config, lora=TWO_KERNELS)
+    kernels = dict(nnx.to_flat_state(state.base))
+    for path, sums in nnx.to_flat_state(state.snapshots):
+        assert sums[...].shape == (4, *kernels[path][...].shape), path
+    rng = np.random.default_rng(4)
+    noise = lambda tree, scale: jax.tree.map(
+        lambda x: jnp.asarray(rng.normal(scale=scale, size=x.shape), x.dtype), tree
+    )
+    state = state.replace(initial=noise(state.initial, 0.2))
+    policies = [jax.tree.map(jnp.add, state.initial, noise(state.initial, 0.1)) for _ in range(5)]
+    sums, valid, count = state.snapshots, state.snapshot_valid, state.snapshot_count
+    for policy in policies:
+        sums, valid, count = push_jit(state, sums, valid, count, policy, config)
+    state = state.replace(snapshots=sums, snapshot_valid=valid, snapshot_count=count)
+    merged = dict(nnx.to_flat_state(merge_teacher_jit(state, policies[-1], config)))
+    initial = lora_pairs(state.initial)
+    scale = state.lora_scale
+    for path, (a0, b0) in initial.items():
+        a0, b0 = np.asarray(a0, np.float64), np.asarray(b0, np.float64)
+        taus = np.stack([
+            scale * (np.asarray(p[0], np.float64) @ np.asarray(p[1], np.float64) - a0 @ b0)
+            for p in (lora_pairs(policy)[path] for policy in policies)
+        ])  # fmt: skip
+        want = (scale * a0 @ b0 + ties_reference(taus, np.full(5, 0.2), config.merge_density)).T
+        got = merged[(*path, "weight")][...]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=str(path))
 
 
 def test_dagger_buffer_stores_images_in_the_compute_dtype(checkpoint):
