@@ -163,3 +163,11 @@ def test_a_saved_run_config_gets_the_keys_added_since_at_their_defaults():
     assert filled["rl"]["kl_beta"] == 0.5  # the run's own values are kept
     assert filled["sampling"]["temperature"] == saved["sampling"]["temperature"] == 1.0
     assert "advantage" not in saved["rl"]  # the input is not changed
+
+
+def test_smoke_warm_starts_only_where_the_config_does():
+    """`--smoke` cuts the warm start to 10 steps, and keeps an env without one (no expert, a
+    preset that starts from its model) at 0: asking for a warm start there is an error."""
+    assert smoke(load_config("sokoban")).warm_start.steps == 10
+    preset = load_config("sokoban:qwen2.5-vl-3b", ["--config.model.path=/models/qwen"])
+    assert preset.warm_start.steps == 0 and smoke(preset).warm_start.steps == 0

@@ -76,7 +76,7 @@ def test_the_class_resolves_with_its_agent_spec_and_its_prompt_assembles(corrido
 def test_the_documented_command_trains_the_corridor(corridor, tmp_path):
     argv = documented_command()
     workdir = tmp_path / "run"
-    smoke = ["--smoke", "--config.warm_start.steps=0", "--config.train.tensorboard=False"]
+    smoke = ["--smoke", "--config.train.tensorboard=False"]  # no expert: no warm start
     assert cli.main([*argv, *smoke, f"--workdir={workdir}"]) == 0
     config = cli.run_config(workdir)
     assert config.env.name == NAME and config.env.length == 8  # the page's overrides
@@ -103,7 +103,10 @@ def test_the_python_corridor_trains_through_the_host_rollout(corridor, tmp_path)
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--smoke"], r"'warm_start.steps'=10: env 'my_pkg.corridor:Corridor' has no expert"),
+        (
+            ["--config.warm_start.steps=5"],
+            r"'warm_start.steps'=5: env 'my_pkg.corridor:Corridor' has no expert",
+        ),
         (["--mode=gtr"], r"'rl.mode'='gtr' reads the expert's replies: env .* has no expert"),
         (["--config.prompt.style=compact"], r"'prompt.style'='compact': env .* has prompts in"),
         (["--config.env.width=3"], r"unknown config key 'env.width'"),

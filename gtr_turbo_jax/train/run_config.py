@@ -210,7 +210,8 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     )  # fmt: skip
     config.rl.update(minibatch_size=4, grad_accum_steps=2, ppo_epochs=1)
     config.rl.update(dagger_capacity=32, snapshot_capacity=4)
-    config.warm_start.update(steps=10, batch_size=4, demos=64)
+    # 10 steps where the config warm-starts at all (an env without an expert keeps 0).
+    config.warm_start.update(steps=min(config.warm_start.steps, 10), batch_size=4, demos=64)
     if config.rl.advantage == "group":  # whole groups, and episodes that end inside a rollout
         config.rl.group_size = 2
         if "max_steps_in_episode" in config.env:
