@@ -95,6 +95,7 @@ def test_the_cli_trains_evaluates_resumes_and_exports_the_twin(tmp_path, capsys)
 
 
 def test_a_warm_start_on_a_python_env_is_one_clear_line(capsys):
-    assert cli.main(["train", f"--env={TWIN}", "--smoke"]) == 2  # --smoke: a 10-step warm start
+    argv = ["train", f"--env={TWIN}", "--smoke", "--config.warm_start.steps=5"]
+    assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is a Python env: set it 0 and start from a model" in err[0], err
