@@ -257,8 +257,8 @@ class UpdateConfig:
 
     @property
     def external_teacher(self) -> bool:
-        """The teacher is a separate model (`teacher_path`), not built from the policy."""
-        return self.teacher_source == "external"
+        """A turbo mode whose teacher is a separate model (`teacher_path`), not the policy's."""
+        return self.uses_teacher and self.teacher_source == "external"
 
     @property
     def rollout_group_size(self) -> int:

@@ -146,11 +146,7 @@ class Learner:
         return {"state": self._saved(state), "rollout": rollout_state}
 
     def _saved(self, state: TrainState) -> TrainState:
-        return state.replace(teacher=nnx.State({})) if self.external_teacher else state
-
-    @property
-    def external_teacher(self) -> bool:
-        return self.setup.update.uses_teacher and self.setup.update.external_teacher
+        return state.replace(teacher=nnx.State({})) if self.setup.update.external_teacher else state
 
     def restore(
         self, checkpoints: Checkpointer, step: int | None = None

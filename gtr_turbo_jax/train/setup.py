@@ -215,7 +215,7 @@ def build_setup(config: ml_collections.ConfigDict, with_teacher: bool = True) ->
         raise ConfigError(f"sampling section: {err}") from None
     update = update_config(config)
     teacher_config = None
-    if update.uses_teacher and update.external_teacher and with_teacher:
+    if update.external_teacher and with_teacher:
         teacher_config = _teacher_config(
             update.teacher_path, config.model.dtype, model_config, tokenizer
         )

@@ -175,7 +175,7 @@ def init_train_state(
         update_count=jnp.zeros((), jnp.int32),
         lora_scale=lora_scale,
     )
-    if config.uses_teacher and config.external_teacher:
+    if config.external_teacher:
         state = state.replace(teacher=empty if teacher is None else nnx.state(teacher))
     elif config.uses_teacher:
         state = state.replace(teacher=initial_teacher(trainable, base, lora_scale, config))
