@@ -29,12 +29,25 @@ SECTIONS = ("env", "early_termination", "model", "prompt", "sampling", "format_r
 
 MEANINGS: dict[str, str] = {
     # env: `envs.make` overrides; which keys exist depends on the env file.
-    "env.name": "the environment (`envs.ENVS`): sokoban, points24, ezpoints, numberline, blackjack",
+    "env.name": "the environment (`envs.ENVS`, `envs.PYTHON_ENVS`): sokoban, points24, ezpoints, numberline, blackjack, alfworld",
     "env.size": "Sokoban room (rows, columns), walls included; the level bank of that size is used",
     "env.num_boxes": "Sokoban boxes (and targets) per level",
     "env.tile_size": "Sokoban pixels per grid cell in the rendered image (28: one merged visual token per cell)",
-    "env.max_steps_in_episode": "Sokoban turns before the episode is truncated",
+    "env.max_steps_in_episode": "turns before the episode is truncated (Sokoban; ALFWorld: actions, 40 in the paper)",
     "env.blocked_move_penalty": "Sokoban reward added to a move that leaves everything in place (into a wall, or a box that cannot move); 0 is gym-sokoban's rules",
+    "env.config_path": "ALFWorld's yaml config (its `configs/base_config.yaml`, `$ALFWORLD_DATA` set); empty: `$ALFWORLD_CONFIG`",
+    "env.env_type": "ALFWorld's env: `AlfredThorEnv` (visual, AI2-THOR) or `AlfredTWEnv` (text only, a black image)",
+    "env.eval_split": "ALFWorld's split the held-out evaluation plays (`eval_out_of_distribution` or `eval_in_distribution`)",
+    "env.vocabulary": "ALFWorld: a file of the words the prompt can write (replaces the shipped object names and template words; numbers, punctuation and command numbers stay); empty: the shipped list",
+    "env.image_size": "ALFWorld: the THOR frame is resized to this many pixels square (a multiple of 28 for real models)",
+    "env.task_words": "ALFWorld: words of the task description the prompt holds",
+    "env.observation_words": "ALFWorld: words of the current observation text the prompt holds (more are cut, `info['cut_words']`)",
+    "env.command_words": "ALFWorld: words of the numbered admissible commands the prompt holds",
+    "env.max_number": "ALFWorld: the largest number the prompt can write (object instances such as `cabinet 12`)",
+    "env.repeat_limit": "ALFWorld: this many identical actions in a row truncate the episode (METHOD.md section 5)",
+    "env.repeat_penalty": "ALFWorld: reward added when `repeat_limit` identical actions truncate the episode",
+    "env.won_reward": "ALFWorld: reward of a won game (RL4VLM: `50 * won + goal-condition rate` each step)",
+    "env.illegal_penalty": "ALFWorld: reward added for a command number past the state's list",
     "env.solvable_only": "Points24 deals only hands that can make 24 (the papers deal uniformly)",
     "early_termination": "any reward <= -1 ends the episode (GTR trains Points24 this way)",
     # model

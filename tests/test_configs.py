@@ -34,7 +34,7 @@ def test_config_builds_its_env_and_update(path):
     name, overrides = env_overrides(config)
     assert name == path.stem
     env, _ = make(name, **overrides)
-    assert env.num_actions >= 2
+    assert len(env.action_names) >= 2
     assert config.model.size in NAMED_CONFIGS
     update = update_config(config)
     assert update.mode == "turbo_kl"  # the product's default

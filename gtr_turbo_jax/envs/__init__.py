@@ -9,9 +9,9 @@ of its `EnvParams` (values that may change without recompiling: rewards, step li
 `agent_spec(name_or_env)` is what the agent must know of an env (`envs.agent.AgentSpec`: prompt
 wording, reply format, expert, grounding), which every env class carries.
 
-`module:Class` may also name a Python env (`envs.host.PythonEnv`: ALFWorld, any simulator that
-cannot run inside jit): `make` builds it from its constructor arguments (no `EnvParams`), and the
-trainer drives it through the host rollout (`is_python_env`).
+`module:Class` may also name a Python env (`envs.host.PythonEnv`: any simulator that cannot run
+inside jit; `PYTHON_ENVS` names the shipped one, `alfworld`): `make` builds it from its constructor
+arguments (no `EnvParams`), and the trainer drives it through the host rollout (`is_python_env`).
 """
 
 from __future__ import annotations
@@ -37,19 +37,26 @@ ENVS: dict[str, tuple[str, str, str]] = {
     "numberline": ("gtr_turbo_jax.envs.cards", "NumberLine", "NumberLine-gtr"),
     "blackjack": ("gtr_turbo_jax.envs.cards", "Blackjack", "Blackjack-gtr"),
 }
+# Python envs (`PythonEnv`, driven through the host rollout) by name: name -> (module, class).
+PYTHON_ENVS: dict[str, tuple[str, str]] = {
+    "alfworld": ("gtr_turbo_jax.envs.alfworld", "ALFWorld"),
+}
 DEFAULT_ENV = "sokoban"  # the command line's `--env` when none is given
 
 
 def env_class(name: str) -> type[VisualEnv] | type[PythonEnv]:
-    """The class of a shipped env's name (`ENVS`), or of `"module:Class"` (imported here): a
+    """The class of a shipped env's name (`ENVS`, `PYTHON_ENVS`), or of `"module:Class"` (imported here): a
     `VisualEnv` (JAX) or a `PythonEnv` subclass."""
     if name in ENVS:
         module, cls, _ = ENVS[name]
+    elif name in PYTHON_ENVS:
+        module, cls = PYTHON_ENVS[name]
     else:
         module, _, cls = name.partition(":")
         if not module or not cls:
             raise ValueError(
-                f"unknown env {name!r}; valid names: {', '.join(ENVS)}, or module:Class of your own"
+                f"unknown env {name!r}; valid names: {', '.join([*ENVS, *PYTHON_ENVS])}, or "
+                "module:Class of your own"
             )
     try:
         found = getattr(importlib.import_module(module), cls, None)
@@ -151,6 +158,7 @@ __all__ = [
     "ENVS",
     "AgentSpec",
     "EarlyTermination",
+    "PYTHON_ENVS",
     "PythonEnv",
     "EpisodeStatistics",
     "StepWrapper",

@@ -3,7 +3,7 @@
 ALFWorld and other simulators cannot run inside jit. `HostEnvAdapter` steps `num_envs` Python envs
 outside jit and returns what `jax.vmap(env.step)` over a JAX env would: stacked numpy observations,
 rewards, terminated/truncated flags, automatic reset and `info["final_observation"]`. The host-driven
-rollout calls it exactly where the compiled rollout calls the JAX env.
+rollout calls it exactly where the compiled rollout calls the JAX env; an env's own `info["success"]` is passed on (stacked).
 
 A Python env keeps the `HostEnv` protocol below; `PythonEnv` is the base class of one that
 `gtr-turbo train --env=module:Class` trains (it carries an `AgentSpec` like a JAX env). Its state
@@ -45,7 +45,8 @@ class PythonEnv:
     `{"image": uint8[H, W, 3], **prompt_fields}` (numpy, the same shapes every step). Its
     constructor arguments with plain defaults are the config's `env` section; a `split` argument
     ("train" / "test") gives evaluation held-out episodes; `max_steps_in_episode` (an attribute)
-    bounds an evaluation episode."""
+    bounds an evaluation episode. `step`'s `info` may hold `success` (bool): whether the episode
+    that ends with this step succeeded, where a return > 0 (the default rule) is not a win."""
 
     action_names: ClassVar[Sequence[str]] = ()
     agent_spec: ClassVar[AgentSpec | None] = None
@@ -121,9 +122,10 @@ class HostEnvAdapter:
                 f"({', '.join(self.action_names)})"
             )
         seeds = _seeds(key, self.num_envs)
-        obs, final_obs, rewards, terminated, truncated = [], [], [], [], []
+        obs, final_obs, rewards, terminated, truncated, success = [], [], [], [], [], []
         for env, a, seed in zip(self.envs, actions, seeds):
-            o, r, term, trunc, _ = env.step(int(a))
+            o, r, term, trunc, env_info = env.step(int(a))
+            success.append(env_info.get("success") if isinstance(env_info, dict) else None)
             final_obs.append(o)
             if term or trunc:
                 o = env.reset(seed)
@@ -141,6 +143,8 @@ class HostEnvAdapter:
             "truncated": np.asarray(truncated),
             "final_observation": _stack(final_obs),
         }
+        if all(s is not None for s in success):  # the envs' own success (`PythonEnv.step`)
+            info["success"] = np.asarray(success, bool)
         return (
             _stack(obs),
             state,

@@ -11,7 +11,8 @@ levels (short successful episodes are not over-counted). Greedy or sampled repli
 An episode cut at `max_turns` before its env ended it counts as a failure (`finished=False`).
 
 Metrics (floats, METHOD.md sections 3 and 5, thoughts from the valid replies only):
-  success_rate    episodes that ended with return > 0
+  success_rate    episodes that ended with return > 0 (or the env's own success flag, e.g.
+                  ALFWorld's `won`: the rollout's `success` at the episode's last turn)
   return_mean     mean episode return
   episode_length  mean turns per episode
   valid_rate      valid replies / replies
@@ -72,7 +73,7 @@ class EpisodeRecord:
     replies: list[str]  # the decoded replies
     actions: list[int]  # the actions the env executed
     rewards: list[float]
-    success: bool  # the episode ended within max_turns with return > 0
+    success: bool  # the episode ended within max_turns and succeeded (return > 0 by default)
     fields: list[dict[str, np.ndarray]]  # the prompt fields (true state) each reply answered
     valid: list[bool] = dataclasses.field(default_factory=list)  # valid JSON replies
     thoughts: list[str] = dataclasses.field(default_factory=list)  # "" for invalid replies
@@ -192,6 +193,7 @@ class Evaluator:
                     action=batch.action[0],
                     reward=batch.reward[0],
                     done=batch.terminated[0] | batch.truncated[0],
+                    success=metrics["success"][0],
                     fields={name: value[0] for name, value in metrics["fields"].items()},
                 )
             )
@@ -224,7 +226,7 @@ class Evaluator:
             replies=replies,
             actions=[int(turn["action"][env]) for turn in played],
             rewards=rewards,
-            success=finished and sum(rewards) > 0,
+            success=finished and bool(played[-1]["success"][env]),
             fields=[{k: v[env] for k, v in turn["fields"].items()} for turn in played],
             valid=valid,
             thoughts=[reply_thoughts(r) if v else "" for r, v in zip(replies, valid)],

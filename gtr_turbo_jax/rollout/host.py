@@ -98,16 +98,21 @@ def _probe(
 
 
 def _episode_statistics(
-    episode_return: np.ndarray, episode_length: np.ndarray, reward: np.ndarray, done: np.ndarray
+    episode_return: np.ndarray,
+    episode_length: np.ndarray,
+    reward: np.ndarray,
+    done: np.ndarray,
+    success: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """`EpisodeStatistics.step` on the host: (info, running return, running length)."""
+    """`EpisodeStatistics.step` on the host: (info, running return, running length). `success`:
+    the envs' own flag (`PythonEnv.step`'s `info["success"]`); None: a return > 0 succeeds."""
     ended_return = (episode_return + reward).astype(np.float32)
     ended_length = (episode_length + 1).astype(np.int32)
     info = {
         "returned_episode": done,
         "episode_return": ended_return,
         "episode_length": ended_length,
-        "success": done & (ended_return > 0),
+        "success": done & ((ended_return > 0) if success is None else np.asarray(success, bool)),
     }
     return (
         info,
@@ -231,7 +236,7 @@ def make_host_rollout(
             history = np.where(done[:, None], -1, history)
             reward = np.asarray(reward, np.float32)
             episode, episode_return, episode_length = _episode_statistics(
-                episode_return, episode_length, reward, done
+                episode_return, episode_length, reward, done, info.get("success")
             )
             rows.append(
                 turn_row(
