@@ -1,7 +1,7 @@
 """ALFWorld (METHOD.md section 5), a Python env (`gtr_turbo_jax/envs/alfworld.py`) driven through
-the host rollout. Needs ALFWorld installed and its yaml config: `gtr-turbo train
---env=alfworld:qwen2.5-vl-7b --config.model.path=DIR --config.env.config_path=PATH` trains the
-paper's setting from a task-SFT checkpoint. The tiny default runs the pipeline on a CPU (no warm
+the host rollout. Needs ALFWorld installed (`pip install alfworld[full]`, `alfworld-download`):
+`gtr-turbo train --env=alfworld:qwen2.5-vl-7b --config.model.path=DIR` trains the paper's setting
+from a task-SFT checkpoint (`--config.env.config_path=PATH`: ALFWorld settings of your own). The tiny default runs the pipeline on a CPU (no warm
 start: ALFWorld's expert plays the live game, and the demonstrations are a JAX env's)."""
 
 from gtr_turbo_jax.envs import override_defaults

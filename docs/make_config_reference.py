@@ -35,7 +35,7 @@ MEANINGS: dict[str, str] = {
     "env.tile_size": "Sokoban pixels per grid cell in the rendered image (28: one merged visual token per cell)",
     "env.max_steps_in_episode": "turns before the episode is truncated (Sokoban; ALFWorld: actions, 40 in the paper)",
     "env.blocked_move_penalty": "Sokoban reward added to a move that leaves everything in place (into a wall, or a box that cannot move); 0 is gym-sokoban's rules",
-    "env.config_path": "ALFWorld's yaml config (its `configs/base_config.yaml`, `$ALFWORLD_DATA` set); empty: `$ALFWORLD_CONFIG`",
+    "env.config_path": "a yaml config of ALFWorld's own; empty: `$ALFWORLD_CONFIG`, else the values of ALFWorld's `configs/base_config.yaml` (`envs.alfworld.default_config`)",
     "env.env_type": "ALFWorld's env: `AlfredThorEnv` (visual, AI2-THOR) or `AlfredTWEnv` (text only, a black image)",
     "env.eval_split": "ALFWorld's split the held-out evaluation plays (`eval_out_of_distribution` or `eval_in_distribution`)",
     "env.vocabulary": "ALFWorld: a file of the words the prompt can write (replaces the shipped object names and template words; numbers, punctuation and command numbers stay); empty: the shipped list",

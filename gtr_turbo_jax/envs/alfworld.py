@@ -1,6 +1,7 @@
 """ALFWorld (METHOD.md section 5) as a Python env: `gtr-turbo train --env=alfworld` with ALFWorld
-installed (`pip install alfworld[full]`, `alfworld-download`, AI2-THOR for the visual env) and its
-yaml config given (`--config.env.config_path=PATH` or `$ALFWORLD_CONFIG`).
+installed (`pip install alfworld[full]`, `alfworld-download`, AI2-THOR for the visual env). Its
+settings are those of ALFWorld's `configs/base_config.yaml` (`default_config`), or a yaml config
+of your own (`--config.env.config_path=PATH` or `$ALFWORLD_CONFIG`).
 
 One `ALFWorld` object drives one ALFWorld game through ALFWorld's own batched env
 (`alfworld.agents.environment.get_environment(env_type)(config, train_eval).init_env(1)`), imported
@@ -249,8 +250,46 @@ def _read_words(path: str) -> list[str]:
         raise ValueError(f"alfworld vocabulary {path!r}: {err.strerror}") from None
 
 
+def default_config() -> dict[str, Any]:
+    """The keys ALFWorld's envs read, at the values of its `configs/base_config.yaml`, the data
+    where `alfworld-download` puts it (ALFWorld expands `$ALFWORLD_DATA`): what a run uses
+    when no yaml config is given (the pip package ships none)."""
+    data = "$ALFWORLD_DATA"
+    return {
+        "dataset": {
+            "data_path": f"{data}/json_2.1.1/train",
+            "eval_id_data_path": f"{data}/json_2.1.1/valid_seen",
+            "eval_ood_data_path": f"{data}/json_2.1.1/valid_unseen",
+            "num_train_games": -1,
+            "num_eval_games": -1,
+        },
+        "logic": {"domain": f"{data}/logic/alfred.pddl", "grammar": f"{data}/logic/alfred.twl2"},
+        "env": {
+            "type": "AlfredThorEnv",
+            "domain_randomization": False,
+            "task_types": [1, 2, 3, 4, 5, 6],
+            "expert_timeout_steps": 150,
+            "expert_type": "handcoded",
+            "goal_desc_human_anns_prob": 0.0,
+            "thor": {
+                "screen_width": 300,
+                "screen_height": 300,
+                "smooth_nav": False,
+                "save_frames_to_disk": False,
+                "save_frames_path": "./videos/",
+            },  # fmt: skip
+        },
+        "controller": {"type": "oracle", "debug": False, "load_receps": True},
+        "mask_rcnn": {"pretrained_model_path": f"{data}/detectors/mrcnn.pth"},
+        "general": {"training_method": "dagger"},
+        "dagger": {"training": {"max_nb_steps_per_episode": 50}},
+        "rl": {"training": {"max_nb_steps_per_episode": 50}},
+    }
+
+
 def make_backend(config_path: str, env_type: str, train_eval: str) -> Any:
-    """ALFWorld's own env for one game, from its yaml config (`env.type` set to `env_type`)."""
+    """ALFWorld's own env for one game, from its yaml config (`default_config()` without one),
+    `env.type` set to `env_type`."""
     try:
         import yaml
         from alfworld.agents.environment import get_environment
@@ -259,15 +298,14 @@ def make_backend(config_path: str, env_type: str, train_eval: str) -> Any:
             f"env 'alfworld' needs ALFWorld installed (pip install alfworld[full], then "
             f"alfworld-download): {err}"
         ) from None
-    if not config_path:
-        raise ValueError(
-            "env 'alfworld' needs ALFWorld's yaml config: --config.env.config_path=PATH (or "
-            "$ALFWORLD_CONFIG), e.g. ALFWorld's configs/base_config.yaml"
-        )
-    try:
-        with open(config_path, encoding="utf-8") as file:
-            config = yaml.safe_load(file)
-    except (OSError, yaml.YAMLError) as err:
-        raise ValueError(f"alfworld config {config_path!r}: {err}") from None
+    config = default_config()
+    if config_path:
+        try:
+            with open(config_path, encoding="utf-8") as file:
+                config = yaml.safe_load(file)
+        except (OSError, yaml.YAMLError) as err:
+            raise ValueError(f"alfworld config {config_path!r}: {err}") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"alfworld config {config_path!r}: not a yaml mapping")
     config.setdefault("env", {})["type"] = env_type
     return get_environment(env_type)(config, train_eval=train_eval).init_env(batch_size=1)

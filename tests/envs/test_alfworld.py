@@ -9,7 +9,7 @@
 - success is the game's `won`, not a return > 0, through the host adapter and the rollout's
   episode statistics;
 - the prompt assembles inside jit as the host tokenizes it; `gtr-turbo train --env=alfworld`
-  trains, evaluates and checkpoints with nothing else than the config path."""
+  trains, evaluates and checkpoints (ALFWorld's base settings when no yaml config is given)."""
 
 from __future__ import annotations
 
@@ -68,11 +68,24 @@ def test_without_alfworld_the_env_builds_and_reset_names_what_is_missing(monkeyp
         env.reset(0)
 
 
-def test_a_missing_config_or_bad_arguments_are_one_line(fake_alfworld):
-    with pytest.raises(ValueError, match="needs ALFWorld's yaml config: --config.env.config_path"):
-        ALFWorld().reset(0)
+def test_without_a_config_alfworlds_base_settings_are_used(fake_alfworld, tmp_path):
+    env = ALFWorld(image_size=28)
+    env.reset(0)
+    config = env._backend.config  # what the fake was built with: ALFWorld's keys
+    assert config["env"]["type"] == "AlfredThorEnv"
+    assert config["dataset"]["data_path"] == "$ALFWORLD_DATA/json_2.1.1/train"
+    assert env._backend.train_eval == "train"
+    held_out = ALFWorld(image_size=28, split="test")
+    held_out.reset(0)
+    assert held_out._backend.train_eval == "eval_out_of_distribution"
+
+
+def test_a_bad_config_or_bad_arguments_are_one_line(fake_alfworld, tmp_path):
     with pytest.raises(ValueError, match="alfworld config '/nowhere.yaml'"):
         ALFWorld(config_path="/nowhere.yaml").reset(0)
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ValueError, match="list.yaml': not a yaml mapping"):
+        ALFWorld(config_path=str(tmp_path / "list.yaml")).reset(0)
     with pytest.raises(ValueError, match="split='valid': need 'train' or 'test'"):
         ALFWorld(split="valid")
     with pytest.raises(ValueError, match="image_size=0: need an int >= 1"):
@@ -202,11 +215,13 @@ def test_the_prompt_assembles_as_the_host_tokenizes_it(fake_alfworld):
 
 
 def test_gtr_turbo_train_env_alfworld(fake_alfworld, tmp_path):
+    """ALFWorld installed (the fake) and nothing else: no yaml config; the short vocabulary and
+    field sizes only keep the tiny tokenizer's prompt short."""
     vocabulary = tmp_path / "words.txt"
     vocabulary.write_text(" ".join(KITCHEN_WORDS))
     run = tmp_path / "run"
     argv = ["train", "--env=alfworld", "--smoke", f"--workdir={run}", "--config.train.updates=2",
-            f"--config.env.config_path={fake_alfworld}", f"--config.env.vocabulary={vocabulary}",
+            f"--config.env.vocabulary={vocabulary}",
             "--config.env.task_words=8", "--config.env.observation_words=32",
             "--config.env.command_words=48", "--config.env.max_steps_in_episode=4"]  # fmt: skip
     assert cli.main(argv) == 0
