@@ -21,4 +21,10 @@ def get_config(model: str = "tiny"):
     config.rl.thought_lambda = 0.2
     config.rl.advantage = "gae"
     config.format_reward.update(valid=5.0, invalid=-5.0)
+    # Every env is an AI2-THOR simulator (a process of its own): 4 of them, each playing 256
+    # turns per update for the paper's 1,024 env steps (RL4VLM plays one env); the evaluation
+    # plays its episodes 4 at a time (`Evaluator.envs_at_once`).
+    config.train.num_envs = 4
+    config.train.turns_per_update = 8 if tiny else 1024 // 4
+    config.train.eval_episodes = 20 if tiny else 100
     return config

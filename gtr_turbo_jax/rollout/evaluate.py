@@ -164,7 +164,10 @@ def episode_metrics(env_name: str, episodes: Sequence[EpisodeRecord]) -> dict[st
 class Evaluator:
     """`evaluator(base, policy, value_head, key) -> EvalResult` (see the module docstring).
 
-    `dataclasses.replace(evaluator, max_turns=..., record=...)` keeps the compiled rollout."""
+    `dataclasses.replace(evaluator, max_turns=..., record=...)` keeps the compiled rollout.
+    `envs_at_once`: play the episodes in rounds of at most that many envs (a Python env such as
+    ALFWorld runs a simulator per env); round r plays with `fold_in(key, r)`, so every evaluation
+    still plays the same episodes. None: all at once, with `key`."""
 
     env_name: str
     rollout: Rollout
@@ -172,18 +175,35 @@ class Evaluator:
     num_episodes: int
     max_turns: int
     record: int
+    envs_at_once: int | None = None
 
     def __post_init__(self) -> None:
         _check_counts(self.num_episodes, self.max_turns, self.record)
+        if self.envs_at_once is not None and (
+            not isinstance(self.envs_at_once, int) or self.envs_at_once < 1
+        ):
+            raise ValueError(f"envs_at_once={self.envs_at_once!r}: need an int >= 1 or None")
 
     def __call__(self, base: Any, policy: Any, value_head: Any, key: jax.Array) -> EvalResult:
-        num_envs = self.num_episodes
+        size = min(self.envs_at_once or self.num_episodes, self.num_episodes)
+        episodes: list[EpisodeRecord] = []
+        for round_, start in enumerate(range(0, self.num_episodes, size)):
+            round_key = key if size == self.num_episodes else jax.random.fold_in(key, round_)
+            count = min(size, self.num_episodes - start)
+            record = min(max(self.record - start, 0), count)
+            episodes += self._play(base, policy, value_head, round_key, count, record)
+        return EvalResult(episode_metrics(self.env_name, episodes), episodes)
+
+    def _play(
+        self, base: Any, policy: Any, value_head: Any, key: jax.Array, num_envs: int, record: int
+    ) -> list[EpisodeRecord]:
+        """The first episodes of `num_envs` envs reset from `key`, the first `record` with frames."""
         state = self.rollout.init(key, num_envs)
         turns: list[dict[str, Any]] = []  # per turn: host copies of what the records need
         playing = np.ones(num_envs, bool)  # still in its first episode
         finished = np.zeros(num_envs, bool)
         for _ in range(self.max_turns):
-            frames = np.asarray(state.obs["image"][: self.record])
+            frames = np.asarray(state.obs["image"][:record])
             state, batch, metrics = self.rollout.run(state, base, policy, value_head, num_turns=1)
             turn = jax.device_get(
                 dict(
@@ -213,16 +233,17 @@ class Evaluator:
             playing &= ~turn["done"]
             if not playing.any():
                 break
-        episodes = [self._record(e, turns, bool(finished[e])) for e in range(num_envs)]
-        return EvalResult(episode_metrics(self.env_name, episodes), episodes)
+        return [self._record(e, turns, bool(finished[e]), record) for e in range(num_envs)]
 
-    def _record(self, env: int, turns: list[dict[str, Any]], finished: bool) -> EpisodeRecord:
+    def _record(
+        self, env: int, turns: list[dict[str, Any]], finished: bool, record: int
+    ) -> EpisodeRecord:
         played = [turn for turn in turns if turn["playing"][env]]
         replies = [turn["replies"][env] for turn in played]
         valid = [bool(turn["valid"][env]) for turn in played]
         rewards = [float(turn["reward"][env]) for turn in played]
         return EpisodeRecord(
-            frames=[turn["frames"][env] for turn in played] if env < self.record else [],
+            frames=[turn["frames"][env] for turn in played] if env < record else [],
             replies=replies,
             actions=[int(turn["action"][env]) for turn in played],
             rewards=rewards,

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gtr_turbo_jax.envs.host import HostEnv, HostEnvAdapter, HostEnvState
+from gtr_turbo_jax.envs.host import HostEnv, HostEnvAdapter, HostEnvState, PythonEnv
 from gtr_turbo_jax.models.defs import ModelDefs
 from gtr_turbo_jax.rollout.batch import Batch
 from gtr_turbo_jax.rollout.constraint import ActionConstraint
@@ -82,19 +82,26 @@ class HostRollout(NamedTuple):
 def _probe(
     source: HostEnvAdapter | Callable[[], HostEnv],
 ) -> tuple[tuple[str, ...], tuple[int, ...]]:
-    """(action names, image shape) of the envs, read off one env and one reset of it (`init`
-    resets every env before the first turn)."""
+    """(action names, image shape) of the envs, read off one env: its `image_shape` (a
+    `PythonEnv`: no game is started for it, which may be a whole simulator), else one reset of
+    it (`init` resets every env before the first turn)."""
     env = source.envs[0] if isinstance(source, HostEnvAdapter) else source()
-    obs = env.reset(0)
+    if isinstance(env, PythonEnv):
+        shape = tuple(int(x) for x in env.image_shape)
+    else:
+        shape = _image_shape(env.reset(0))
+    if len(shape) != 3 or shape[2] != 3:
+        raise ValueError(f"the host env's image has shape {shape}: need [H, W, 3]")
+    return tuple(env.action_names), shape
+
+
+def _image_shape(obs: dict[str, np.ndarray]) -> tuple[int, ...]:
     if "image" not in obs:
         raise ValueError(
             f"the host env's observation has keys {sorted(obs)}: the rollout needs an 'image' "
             "(uint8[H, W, 3]) beside the prompt fields"
         )
-    shape = np.shape(obs["image"])
-    if len(shape) != 3 or shape[2] != 3:
-        raise ValueError(f"the host env's image has shape {shape}: need [H, W, 3]")
-    return tuple(env.action_names), tuple(int(x) for x in shape)
+    return tuple(int(x) for x in np.shape(obs["image"]))
 
 
 def _episode_statistics(
@@ -159,6 +166,8 @@ def make_host_rollout(
         template, image_config, sampling, defs, grid, constraint=constraint, reply_fn=reply_fn
     )
 
+    adapters: dict[int, HostEnvAdapter] = {}  # `init`'s envs by count (factory given)
+
     @jax.jit
     def act(base, policy, value_head, obs, history, spec, key):
         params = nnx.merge_state(policy, base)
@@ -183,10 +192,17 @@ def make_host_rollout(
                     f"num_envs={num_envs} but the adapter holds {adapter.num_envs} envs: pass "
                     "a factory of one env to choose the count at init"
                 )
-        else:
-            adapter = HostEnvAdapter(adapter_or_factory, num_envs)
+        else:  # built once per size: a reset restarts an env, so later inits reuse them
+            if num_envs not in adapters:
+                adapters[num_envs] = HostEnvAdapter(adapter_or_factory, num_envs)
+            adapter = adapters[num_envs]
         key, reset_key = jax.random.split(key)
         obs, adapter_state = adapter.reset(reset_key)
+        if _image_shape(obs)[1:] != image_shape:  # [num_envs, H, W, 3]
+            raise ValueError(
+                f"the host env's images have shape {_image_shape(obs)[1:]}, its image_shape "
+                f"says {image_shape}"
+            )
         return HostRolloutState(
             adapter=adapter,
             adapter_state=adapter_state,

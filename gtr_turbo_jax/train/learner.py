@@ -74,9 +74,10 @@ class Learner:
                     setup.eval_env_factory, setup.template, setup.spec, setup.image_config,
                     setup.eval_sampling, self.defs, constraint=setup.constraint,
                 )  # fmt: skip
+                # In rounds of the training's env count: each env may be a whole simulator.
                 self._evaluator = Evaluator(
                     setup.env_name, rollout, setup.tokenizer, train.eval_episodes,
-                    setup.max_steps_in_episode, train.record_episodes,
+                    setup.max_steps_in_episode, train.record_episodes, train.num_envs,
                 )  # fmt: skip
                 return self._evaluator
             self._evaluator = make_evaluator(

@@ -8,6 +8,8 @@ episode statistics, prompt fields) must then agree field by field.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,6 +22,7 @@ from gtr_turbo_jax.envs.sokoban import PySokoban
 from gtr_turbo_jax.envs.wrappers import EpisodeStatistics
 from gtr_turbo_jax.models import LoRAConfig, ValueHead, from_pretrained, get_config
 from gtr_turbo_jax.models.random_checkpoint import write_random_checkpoint
+from gtr_turbo_jax.rollout.evaluate import Evaluator
 from gtr_turbo_jax.rollout.host import _episode_statistics, make_host_rollout
 from gtr_turbo_jax.rollout.multiturn import EPISODE_METRICS, make_rollout
 from gtr_turbo_jax.rollout.sampler import SampleOutput, SamplingConfig
@@ -94,7 +97,9 @@ def setup(text, tmp_path_factory):
         host = make_host_rollout(_twin_adapter(levels), *common, format_reward=FORMAT, **options)
         return compiled, host
 
-    return dict(weights=(base, policy, value_head), both=both, scripted=scripted, env=env)
+    return dict(
+        weights=(base, policy, value_head), both=both, scripted=scripted, env=env, defs=defs
+    )
 
 
 def _assert_identical(compiled, host):
@@ -191,8 +196,9 @@ def test_host_rollout_rejects_bad_arguments(text):
     state = host.init(jax.random.key(0), ENVS)
     with pytest.raises(ValueError, match="num_turns=0: need an int >= 1"):
         host.run(state, None, None, None, num_turns=0)
-    with pytest.raises(ValueError, match="needs an 'image'"):
-        make_host_rollout(lambda: PySokoban(bank=levels, render_image=False), *common)
+    no_image = make_host_rollout(lambda: PySokoban(bank=levels, render_image=False), *common)
+    with pytest.raises(ValueError, match="needs an 'image'"):  # a PythonEnv: seen at the reset
+        no_image.init(jax.random.key(0), 2)
     with pytest.raises(ValueError, match="differ from the env's"):
         make_host_rollout(
             lambda: PySokoban(bank=levels),
@@ -202,3 +208,35 @@ def test_host_rollout_rejects_bad_arguments(text):
         )
     with pytest.raises(ValueError, match="format_reward=.*need"):
         make_host_rollout(lambda: PySokoban(bank=levels), *common, format_reward=(1.0,))
+
+
+def test_the_host_evaluator_plays_rounds_on_envs_it_builds_once(text, setup):
+    """`envs_at_once`: rounds of at most that many envs, round r from `fold_in(key, r)`; the envs
+    are built once per round size (a Python env may be a whole simulator) and reused by every
+    later evaluation; rounds as large as the evaluation are the single batch from `key`."""
+    levels = np.asarray(text["params"].levels.grids)
+    built = []
+
+    def factory():
+        built.append(1)
+        return PySokoban(bank=levels, max_steps_in_episode=MAX_STEPS, tile_size=TILE)
+
+    sampling = SamplingConfig(max_new_tokens=REPLY_LEN, top_k=50, eos_ids=(2,))
+    common = (text["template"], text["spec"], IMAGE_CONFIG, sampling, setup["defs"])
+    rollout = make_host_rollout(factory, *common)
+    evaluator = Evaluator("sokoban", rollout, text["tokenizer"], 5, MAX_STEPS, 1, envs_at_once=2)
+    key = jax.random.key(3)
+    first = evaluator(*setup["weights"], key)
+    assert len(built) == 1 + 2 + 1  # the probe's env, a round of 2 (used twice) and one of 1
+    second = evaluator(*setup["weights"], key)
+    assert len(built) == 4  # nothing rebuilt
+    played = lambda result: [(e.actions, e.rewards, e.replies) for e in result.episodes]
+    assert len(first.episodes) == 5 and played(first) == played(second)
+    assert first.episodes[0].frames and not first.episodes[1].frames  # record=1: the first only
+    alone = dataclasses.replace(evaluator, num_episodes=2, record=0, envs_at_once=None)
+    assert played(first)[2:4] == played(alone(*setup["weights"], jax.random.fold_in(key, 1)))
+    whole = dataclasses.replace(evaluator, envs_at_once=5)(*setup["weights"], key)
+    single = dataclasses.replace(evaluator, envs_at_once=None)(*setup["weights"], key)
+    assert played(whole) == played(single)
+    with pytest.raises(ValueError, match="envs_at_once=0: need an int >= 1 or None"):
+        dataclasses.replace(evaluator, envs_at_once=0)
