@@ -214,6 +214,7 @@ def test_the_prompt_assembles_as_the_host_tokenizes_it(fake_alfworld):
     assert "Actions: 1) go to cabinet 2" in prompts[1]  # at cabinet 1, its "go to" is gone
 
 
+@pytest.mark.slow
 def test_gtr_turbo_train_env_alfworld(fake_alfworld, tmp_path):
     """ALFWorld installed (the fake) and nothing else: no yaml config; the short vocabulary and
     field sizes only keep the tiny tokenizer's prompt short."""
