@@ -38,6 +38,8 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from gtr_turbo_jax.envs.agent import AgentSpec, word_slot
@@ -153,6 +155,12 @@ class ALFWorld(PythonEnv):
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return (self.image_size, self.image_size, 3)
+
+    def prompt_field_shapes(self) -> dict[str, jax.ShapeDtypeStruct]:
+        """The word-id fields' shapes, without starting a game (`text.prompts` reads them)."""
+        return {
+            name: jax.ShapeDtypeStruct((size,), jnp.int32) for name, size in self.limits.items()
+        }
 
     # ALFWorld's side: one game of its batched env (batch size 1).
 

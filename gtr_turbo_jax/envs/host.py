@@ -46,7 +46,9 @@ class PythonEnv:
     constructor arguments with plain defaults are the config's `env` section; a `split` argument
     ("train" / "test") gives evaluation held-out episodes; `max_steps_in_episode` (an attribute)
     bounds an evaluation episode. `step`'s `info` may hold `success` (bool): whether the episode
-    that ends with this step succeeded, where a return > 0 (the default rule) is not a win."""
+    that ends with this step succeeded, where a return > 0 (the default rule) is not a win. An env
+    whose reset is costly (a simulator) may define `prompt_field_shapes() -> {name:
+    jax.ShapeDtypeStruct}` so that building the prompt template starts no game."""
 
     action_names: ClassVar[Sequence[str]] = ()
     agent_spec: ClassVar[AgentSpec | None] = None

@@ -190,7 +190,10 @@ def make_template(
 
 def _field_shapes(env: Any) -> dict[str, jax.ShapeDtypeStruct]:
     """The prompt fields' shapes: a JAX env's `prompt_fields` of a reset state, traced; a Python
-    env's (`envs.PythonEnv`) observation of one reset, less its image."""
+    env's (`envs.PythonEnv`) `prompt_field_shapes()` where it has one (no game started: it may be
+    a whole simulator), else its observation of one reset, less its image."""
+    if hasattr(env, "prompt_field_shapes"):
+        return dict(env.prompt_field_shapes())
     if not hasattr(env, "prompt_fields"):
         obs = env.reset(0)
         return {

@@ -200,6 +200,7 @@ def test_the_prompt_assembles_as_the_host_tokenizes_it(fake_alfworld):
     tokenizer = load_tokenizer(tiny_tokenizer_path())
     env = ALFWorld(config_path=fake_alfworld, image_size=28, observation_words=40)
     template = make_template("alfworld", env, tokenizer, 4, style="brief")
+    assert env._backend is None  # building the template started no game
     obs, prompts = env.reset(3), []
     for command in ("go to cabinet 1", "look", "go to fridge 1"):
         fields = {k: v for k, v in obs.items() if k != "image"}
@@ -226,6 +227,11 @@ def test_gtr_turbo_train_env_alfworld(fake_alfworld, tmp_path):
             "--config.env.task_words=8", "--config.env.observation_words=32",
             "--config.env.command_words=48", "--config.env.max_steps_in_episode=4"]  # fmt: skip
     assert cli.main(argv) == 0
+    from alfworld.agents.environment import CREATED  # the fake's record of the games built
+
+    # 4 training envs and one round of 4 held-out ones, each built once: no game for the
+    # template or the rollout's probe, none rebuilt by the second evaluation
+    assert sorted(CREATED) == ["eval_out_of_distribution"] * 4 + ["train"] * 4
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [0, 1, 2]
     evaluated = [line for line in lines if "eval/success_rate" in line]

@@ -19,6 +19,7 @@ COLOURS = {
     "fridge 1": (200, 200, 0),
 }
 FRAME_SHAPE = (30, 40, 3)
+CREATED = []  # the train_eval of every env built
 
 
 class FakeGame:
@@ -82,6 +83,7 @@ class FakeTWEnv:
     """ALFWorld's text env: reset / step, no frames."""
 
     def __init__(self, config, train_eval="train"):
+        CREATED.append(train_eval)  # one simulator each, in ALFWorld: the tests count them
         self.config, self.train_eval = config, train_eval
         self.max_steps = config["dagger"]["training"]["max_nb_steps_per_episode"]
 
