@@ -183,7 +183,11 @@ class Scorer:
 
 
 def old_scores(
-    state: TrainState, samples: Batch, score: Scorer, config: UpdateConfig
+    state: TrainState,
+    samples: Batch,
+    score: Scorer,
+    config: UpdateConfig,
+    trained: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
     """Per sample, before the update: the per-token log-probs at the PPO temperature
     (`token_logp`) and at 1 (`logp_unit`), the value, the thought entropy and (turbo_kl) the
@@ -192,9 +196,23 @@ def old_scores(
     The rollout's sampler recorded the policy's own numbers for the same tokens under the same
     parameters; `rescore` recomputes them with a full forward (a check, or for scripted replies).
     The forward KL sums over the whole vocabulary, so it needs the policy's logits too. Forwards
-    run a micro-batch at a time; the teacher's weights are built once (dense: base + deltas)."""
+    run a micro-batch at a time; the teacher's weights are built once (dense: base + deltas).
+
+    `trained` (bool[samples], `trained_samples`): the teacher scores only micro-batches holding a
+    trained sample, the samples taken trained first; the others' KL is 0 (an untrained sample's
+    advantage is never used: group advantages leave out the turns after an env's first episode).
+    Without `rescore` only; None: every sample is scored."""
     teacher = teacher_lib.teacher_weights(state, config) if config.mode == "turbo_kl" else None
     forward = teacher is not None and config.kl_estimator == "forward"
+
+    def scores_without_teacher(rows: Batch) -> dict[str, jax.Array]:
+        """The sampler's own numbers (no forward)."""
+        return {
+            "token_logp": rows.sampler_logp,
+            "logp_unit": rows.sampler_logp_unit,
+            "value": rows.value,
+            "entropy": rl.masked_token_mean(rows.sampler_entropy, rows.thought_mask),
+        }
 
     def scores(rows: Batch) -> dict[str, jax.Array]:
         if config.rescore or forward:
@@ -209,12 +227,7 @@ def old_scores(
                 "entropy": rl.thought_entropy(policy.logits, rows.thought_mask),
             }
         else:
-            out = {
-                "token_logp": rows.sampler_logp,
-                "logp_unit": rows.sampler_logp_unit,
-                "value": rows.value,
-                "entropy": rl.masked_token_mean(rows.sampler_entropy, rows.thought_mask),
-            }
+            out = scores_without_teacher(rows)
         if teacher is not None:
             reference = score(
                 *teacher, rows, rows.response_ids, rows.response_mask,
@@ -241,9 +254,26 @@ def old_scores(
 
     if config.rescore or teacher is not None:
         num_samples, micro = samples.reward.shape[0], config.minibatch_size
-        chunked = jax.tree.map(lambda x: x.reshape(-1, micro, *x.shape[1:]), samples)
-        old = jax.lax.map(scores, chunked)
-        old = jax.tree.map(lambda x: x.reshape(num_samples, *x.shape[2:]), old)
+        unchunk = lambda x: x.reshape(num_samples, *x.shape[2:])
+        chunk = lambda x: x.reshape(-1, micro, *x.shape[1:])
+        if trained is None or config.rescore:
+            old = jax.tree.map(unchunk, jax.lax.map(scores, jax.tree.map(chunk, samples)))
+        else:
+            old = jax.tree.map(
+                unchunk, jax.lax.map(scores_without_teacher, jax.tree.map(chunk, samples))
+            )
+            # Trained samples first (a stable sort), so that the micro-batches past them hold
+            # untrained samples only and skip the teacher's forward (their KL: 0).
+            order = jnp.argsort(~trained, stable=True)
+            needed = trained[order].reshape(-1, micro).any(axis=-1)
+            kl = jax.lax.map(
+                lambda args: jax.lax.cond(
+                    args[0], lambda rows: scores(rows)["kl"], lambda rows: rows.reward * 0.0,
+                    args[1],
+                ),
+                (needed, jax.tree.map(lambda x: chunk(x[order]), samples)),
+            )  # fmt: skip
+            old["kl"] = unchunk(kl)[jnp.argsort(order)]
     else:
         old = scores(samples)
     return jax.lax.stop_gradient(old)
@@ -434,16 +464,22 @@ def update_metrics(
     `finite` is 1.0 when every loss, gradient and metric of the update was finite."""
     valid = samples.valid.astype(bool)
     kl = old.get("kl", jnp.zeros((samples.reward.shape[0],), jnp.float32))
+    scored = valid & targets.trained  # the KL of the valid replies the update trains on
+    trained_count = jnp.maximum(jnp.sum(targets.trained), 1)
+    advantage_mean = jnp.sum(jnp.where(targets.trained, shaped, 0.0)) / trained_count
     metrics = {name: jnp.mean(value) for name, value in step_metrics.items()}
     metrics.update(
         finite=jnp.min(step_metrics["finite"]),
         grad_norm_max=jnp.max(step_metrics["grad_norm"]),
-        kl_mean=jnp.sum(jnp.where(valid, kl, 0.0)) / jnp.maximum(jnp.sum(valid), 1),
-        kl_max=jnp.where(jnp.any(valid), jnp.max(jnp.where(valid, kl, -jnp.inf)), 0.0),
+        kl_mean=jnp.sum(jnp.where(scored, kl, 0.0)) / jnp.maximum(jnp.sum(scored), 1),
+        kl_max=jnp.where(jnp.any(scored), jnp.max(jnp.where(scored, kl, -jnp.inf)), 0.0),
         thought_entropy=jnp.mean(old["entropy"]),
         value_mean=jnp.mean(old["value"]),
-        advantage_mean=jnp.mean(shaped),
-        advantage_std=jnp.std(shaped),
+        # Over the samples the update trains on (the others' advantages are never used).
+        advantage_mean=advantage_mean,
+        advantage_std=jnp.sqrt(
+            jnp.sum(jnp.where(targets.trained, (shaped - advantage_mean) ** 2, 0.0)) / trained_count
+        ),
         return_mean=jnp.mean(targets.returns),
         reward_mean=jnp.mean(samples.reward.astype(jnp.float32)),
         valid_fraction=jnp.mean(valid.astype(jnp.float32)),
@@ -470,7 +506,7 @@ def _update_step(
     # [turns * envs, ...] (`Batch`'s turn and env counts no longer apply: `reward.shape[0]`).
     samples = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
     score = Scorer(defs, batch.image_grid_thw)
-    old = old_scores(state, samples, score, config)  # 1-2
+    old = old_scores(state, samples, score, config, trained_samples(batch, config))  # 1-2
     targets, shaped = ppo_targets(batch, samples, old, config)  # 3
     dagger = state.dagger
     if config.uses_sft:  # 4; its own key, so the other draws of the update stay as they are

@@ -1,18 +1,28 @@
 """Where the format reward enters the advantages (`train.update.advantages_and_returns`) against a
-loop-by-loop numpy transcription, the mode defaults of the new `UpdateConfig` fields, and (in the
-compiled step) `ppo` ignoring the format reward as RL4VLM does."""
+loop-by-loop numpy transcription, the mode defaults of the new `UpdateConfig` fields, (in the
+compiled step) `ppo` ignoring the format reward as RL4VLM does, and the teacher scoring only the
+samples the update trains on."""
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
-from _train_cases import ENVS, MODEL_CONFIG, PPO_CONFIG, TURNS, build_state, make_batch
+from _train_cases import (
+    ENVS,
+    KL_CONFIG,
+    MODEL_CONFIG,
+    PPO_CONFIG,
+    TURNS,
+    build_state,
+    make_batch,
+)
 
 from gtr_turbo_jax.models.random_checkpoint import write_random_checkpoint
 from gtr_turbo_jax.rollout.batch import Batch
 from gtr_turbo_jax.train.config import UpdateConfig
-from gtr_turbo_jax.train.update import advantages_and_returns, update_step
+from gtr_turbo_jax.train.update import Scorer, advantages_and_returns, old_scores, update_step
 
 GAMMA, LAM, BETA = 0.9, 0.95, 0.7
 
@@ -173,3 +183,24 @@ def test_group_step_ignores_the_turns_after_the_first_episode(tmp_path):
             params.append(jax.tree.map(np.asarray, state.policy))
         equal = jax.tree.leaves(jax.tree.map(np.array_equal, *params))
         assert all(equal) == same, config.advantage
+
+
+def test_the_teacher_scores_only_the_micro_batches_it_trains_on(tmp_path):
+    """`old_scores(..., trained)`: samples are taken trained first; a micro-batch of untrained
+    samples (group advantages: turns after an env's first episode) skips the teacher's forward
+    and gets KL 0, a trained sample's KL is bitwise the full scoring's, the rest is unchanged."""
+    checkpoint = write_random_checkpoint(tmp_path / "ckpt", MODEL_CONFIG, 7)
+    config = KL_CONFIG.replace(rescore=False)  # the default path: the sampler's own numbers
+    defs, state = build_state(checkpoint, config, seed=4)
+    batch = make_batch(3)
+    samples = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
+    score = Scorer(defs, batch.image_grid_thw)
+    # 4 samples in micro-batches of 2: trained first -> (1, 0) scored, (2, 3) skipped
+    trained = jnp.array([False, True, False, False])
+    full = jax.device_get(old_scores(state, samples, score, config))
+    skipped = jax.device_get(old_scores(state, samples, score, config, trained))
+    assert full["kl"][1] == skipped["kl"][1] and (full["kl"][2:] > 0).all()
+    assert (skipped["kl"][2:] == 0).all()
+    np.testing.assert_allclose(skipped["kl"][0], full["kl"][0], rtol=1e-6)
+    for name in ("token_logp", "logp_unit", "value", "entropy"):
+        np.testing.assert_array_equal(skipped[name], full[name], err_msg=name)
