@@ -483,6 +483,9 @@ def update_metrics(
         return_mean=jnp.mean(targets.returns),
         reward_mean=jnp.mean(samples.reward.astype(jnp.float32)),
         valid_fraction=jnp.mean(valid.astype(jnp.float32)),
+        # Group advantages: the share of the batch in the envs' first episodes (the rest is
+        # played, then left out of the update's loss).
+        trained_fraction=jnp.mean(targets.trained.astype(jnp.float32)),
         # 0 unless `rescore`: how far the full forward's log-probs are from the sampler's.
         sampler_logp_gap=rl.masked_token_mean(
             jnp.abs(old["token_logp"] - samples.sampler_logp), samples.response_mask
