@@ -193,7 +193,7 @@ class ALFWorld(PythonEnv):
             ended = bool(dones[0])
         else:  # the game does not step; the agent is told, as ALFWorld answers a bad command
             command, self.scene = f"#{action}", "Nothing happens."
-        self.recent = [*self.recent[-(self.repeat_limit - 1) :], command]
+        self.recent = [*self.recent, command][-self.repeat_limit :]
         repeated = len(self.recent) == self.repeat_limit and len(set(self.recent)) == 1
         reward = self.won_reward * self.won + self.goal_rate
         reward += 0.0 if legal else self.illegal_penalty
