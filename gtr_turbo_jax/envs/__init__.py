@@ -45,8 +45,8 @@ DEFAULT_ENV = "sokoban"  # the command line's `--env` when none is given
 
 
 def env_class(name: str) -> type[VisualEnv] | type[PythonEnv]:
-    """The class of a shipped env's name (`ENVS`, `PYTHON_ENVS`), or of `"module:Class"` (imported here): a
-    `VisualEnv` (JAX) or a `PythonEnv` subclass."""
+    """The class of a shipped env's name (`ENVS`, `PYTHON_ENVS`), or of `"module:Class"`
+    (imported here): a `VisualEnv` (JAX) or a `PythonEnv` subclass."""
     if name in ENVS:
         module, cls, _ = ENVS[name]
     elif name in PYTHON_ENVS:

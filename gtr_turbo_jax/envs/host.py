@@ -2,8 +2,9 @@
 
 ALFWorld and other simulators cannot run inside jit. `HostEnvAdapter` steps `num_envs` Python envs
 outside jit and returns what `jax.vmap(env.step)` over a JAX env would: stacked numpy observations,
-rewards, terminated/truncated flags, automatic reset and `info["final_observation"]`. The host-driven
-rollout calls it exactly where the compiled rollout calls the JAX env; an env's own `info["success"]` is passed on (stacked).
+rewards, terminated/truncated flags, automatic reset and `info["final_observation"]` (and an env's
+own `info["success"]`, stacked). The host-driven rollout calls it exactly where the compiled
+rollout calls the JAX env.
 
 A Python env keeps the `HostEnv` protocol below; `PythonEnv` is the base class of one that
 `gtr-turbo train --env=module:Class` trains (it carries an `AgentSpec` like a JAX env). Its state

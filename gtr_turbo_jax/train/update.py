@@ -262,18 +262,18 @@ def old_scores(
             old = jax.tree.map(
                 unchunk, jax.lax.map(scores_without_teacher, jax.tree.map(chunk, samples))
             )
+
+            def teacher_kl(args: tuple[jax.Array, Batch]) -> jax.Array:
+                needed, rows = args
+                kl = lambda rows: scores(rows)["kl"]
+                return jax.lax.cond(needed, kl, lambda rows: jnp.zeros_like(rows.reward), rows)
+
             # Trained samples first (a stable sort), so that the micro-batches past them hold
             # untrained samples only and skip the teacher's forward (their KL: 0).
             order = jnp.argsort(~trained, stable=True)
             needed = trained[order].reshape(-1, micro).any(axis=-1)
-            kl = jax.lax.map(
-                lambda args: jax.lax.cond(
-                    args[0], lambda rows: scores(rows)["kl"], lambda rows: rows.reward * 0.0,
-                    args[1],
-                ),
-                (needed, jax.tree.map(lambda x: chunk(x[order]), samples)),
-            )  # fmt: skip
-            old["kl"] = unchunk(kl)[jnp.argsort(order)]
+            sorted_rows = jax.tree.map(lambda x: chunk(x[order]), samples)
+            old["kl"] = unchunk(jax.lax.map(teacher_kl, (needed, sorted_rows)))[jnp.argsort(order)]
     else:
         old = scores(samples)
     return jax.lax.stop_gradient(old)
@@ -297,14 +297,18 @@ def summed_thoughts(rows: Batch, config: UpdateConfig) -> jax.Array:
 
 
 def ppo_targets(
-    batch: Batch, samples: Batch, old: dict[str, jax.Array], config: UpdateConfig
+    batch: Batch,
+    samples: Batch,
+    old: dict[str, jax.Array],
+    trained: jax.Array,
+    config: UpdateConfig,
 ) -> tuple[Targets, jax.Array]:
-    """The targets, and the shaped advantages before normalisation (for the metrics)."""
+    """The targets, and the shaped advantages before normalisation (for the metrics);
+    `trained`: `trained_samples(batch, config)`."""
     kl = old.get("kl", jnp.zeros((samples.reward.shape[0],), jnp.float32))
     shaped, returns = advantages_and_returns(
         batch, old["value"].reshape(batch.turns, batch.envs), kl, config
     )
-    trained = trained_samples(batch, config)
     old_logp = rl.lambda_logprob(
         old["token_logp"], summed_thoughts(samples, config), samples.action_mask,
         config.thought_lambda,
@@ -465,8 +469,6 @@ def update_metrics(
     valid = samples.valid.astype(bool)
     kl = old.get("kl", jnp.zeros((samples.reward.shape[0],), jnp.float32))
     scored = valid & targets.trained  # the KL of the valid replies the update trains on
-    trained_count = jnp.maximum(jnp.sum(targets.trained), 1)
-    advantage_mean = jnp.sum(jnp.where(targets.trained, shaped, 0.0)) / trained_count
     metrics = {name: jnp.mean(value) for name, value in step_metrics.items()}
     metrics.update(
         finite=jnp.min(step_metrics["finite"]),
@@ -475,11 +477,10 @@ def update_metrics(
         kl_max=jnp.where(jnp.any(scored), jnp.max(jnp.where(scored, kl, -jnp.inf)), 0.0),
         thought_entropy=jnp.mean(old["entropy"]),
         value_mean=jnp.mean(old["value"]),
-        # Over the samples the update trains on (the others' advantages are never used).
-        advantage_mean=advantage_mean,
-        advantage_std=jnp.sqrt(
-            jnp.sum(jnp.where(targets.trained, (shaped - advantage_mean) ** 2, 0.0)) / trained_count
-        ),
+        # Over the samples the update trains on (the others' advantages are never used; every
+        # env's first turn is one, so the set is never empty).
+        advantage_mean=jnp.mean(shaped, where=targets.trained),
+        advantage_std=jnp.std(shaped, where=targets.trained),
         return_mean=jnp.mean(targets.returns),
         reward_mean=jnp.mean(samples.reward.astype(jnp.float32)),
         valid_fraction=jnp.mean(valid.astype(jnp.float32)),
@@ -509,8 +510,9 @@ def _update_step(
     # [turns * envs, ...] (`Batch`'s turn and env counts no longer apply: `reward.shape[0]`).
     samples = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
     score = Scorer(defs, batch.image_grid_thw)
-    old = old_scores(state, samples, score, config, trained_samples(batch, config))  # 1-2
-    targets, shaped = ppo_targets(batch, samples, old, config)  # 3
+    trained = trained_samples(batch, config)
+    old = old_scores(state, samples, score, config, trained)  # 1-2
+    targets, shaped = ppo_targets(batch, samples, old, trained, config)  # 3
     dagger = state.dagger
     if config.uses_sft:  # 4; its own key, so the other draws of the update stay as they are
         dagger = _push_dagger(
