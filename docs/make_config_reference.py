@@ -41,6 +41,7 @@ MEANINGS: dict[str, str] = {
     "env.vocabulary": "ALFWorld: a file of the words the prompt can write (replaces the shipped object names and template words; numbers, punctuation and command numbers stay); empty: the shipped list",
     "env.image_size": "ALFWorld: the THOR frame is resized to this many pixels square (a multiple of 28 for real models)",
     "env.task_words": "ALFWorld: words of the task description the prompt holds",
+    "env.tokens_per_word": "ALFWorld: a text field is cut past this many tokens a word of its size (0: the vocabulary's mean), so the prompt is not padded to every word at the longest one's",
     "env.observation_words": "ALFWorld: words of the current observation text the prompt holds (more are cut, `info['cut_words']`)",
     "env.command_words": "ALFWorld: words of the numbered admissible commands the prompt holds",
     "env.max_number": "ALFWorld: the largest number the prompt can write (object instances such as `cabinet 12`)",

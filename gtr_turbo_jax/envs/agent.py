@@ -15,6 +15,7 @@ env's default instance (`envs.default_env`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -36,23 +37,37 @@ class Slot:
     renderings: tuple[str, ...]  # row r of the token table is the tokenization of renderings[r]
     symbols: Callable[[Fields], tuple[jax.Array, jax.Array]]
     # Tokens the slot can take at most, given each rendering's token count; None: every position
-    # at its longest rendering.
+    # at its longest rendering. A bound: nothing is cut.
     max_tokens: Callable[[np.ndarray], int] | None = None
+    # A cut instead of a bound: `(rendering token counts, positions) -> tokens`; the slot keeps
+    # its symbols up to the last whole one within that many tokens (`text.prompts`: the jitted
+    # assembly and the host reference alike), and the prompt's length bound counts the budget.
+    token_budget: Callable[[np.ndarray, int], int] | None = None
 
 
-def word_slot(name: str, vocabulary: Sequence[str]) -> Slot:
+def word_slot(name: str, vocabulary: Sequence[str], tokens_per_word: float | None = None) -> Slot:
     """Free text from a fixed vocabulary: field `name` holds int32[L] word ids (-1 after the
     text's end), written " word" each. How a Python env puts changing text in the prompt (an
-    ALFWorld observation, its admissible commands) within the fixed-shape prompt."""
+    ALFWorld observation, its admissible commands) within the fixed-shape prompt.
+
+    The text is cut after `ceil(L * tokens_per_word)` tokens (default: the vocabulary's mean
+    token count per word, which common words stay under): bounding it by `L` of the longest word
+    instead pads every prompt to several times its usual length."""
     renderings = tuple(" " + word for word in vocabulary)
     if not renderings or any(not word or word != word.strip() for word in vocabulary):
         raise ValueError(f"word_slot {name!r}: need non-empty words without surrounding spaces")
+    if tokens_per_word is not None and not tokens_per_word > 0:
+        raise ValueError(f"word_slot {name!r}: tokens_per_word={tokens_per_word!r}, need > 0")
 
     def symbols(fields: Fields) -> tuple[jax.Array, jax.Array]:
         ids = jnp.asarray(fields[name], jnp.int32)
         return jnp.maximum(ids, 0), ids >= 0
 
-    return Slot(name, renderings, symbols)
+    def token_budget(lengths: np.ndarray, positions: int) -> int:
+        per_word = float(np.mean(lengths)) if tokens_per_word is None else tokens_per_word
+        return math.ceil(positions * per_word)
+
+    return Slot(name, renderings, symbols, token_budget=token_budget)
 
 
 def no_slots(env: Any) -> dict[str, Slot]:

@@ -13,7 +13,9 @@ at the first reset, so building the env (configs, templates, tests) never needs 
   vocabulary (ALFRED's object and receptacle names, the words of ALFWorld's feedback and command
   templates, numbers; `vocabulary=PATH` replaces the names and words). A word outside it is
   written "unknown" (counted in `info["unknown_words"]`, warned once per word); text past a
-  field's size is cut (`info["cut_words"]`). The image is the THOR frame (RGB), resized to
+  field's size is cut (`info["cut_words"]`), and so is text past `tokens_per_word` tokens a word
+  of the field's size (0: the vocabulary's mean token count; `envs.agent.word_slot`), which keeps
+  the prompt near its usual length instead of every word at the longest one's. The image is the THOR frame (RGB), resized to
   `image_size` square by nearest pixels; the text-only `AlfredTWEnv` shows a black image.
 - **Actions**: the reply's `"action"` is the number of an admissible command, "1" to
   `MAX_COMMANDS` (the paper's reply names the command text; a number keeps the action set fixed).
@@ -108,7 +110,9 @@ class ALFWorld(PythonEnv):
     agent_spec = AgentSpec(
         texts={"full": FULL_TEXT, "brief": BRIEF_TEXT, "compact": COMPACT_TEXT},
         replies={"full": FULL_REPLY, "brief": BRIEF_REPLY, "compact": BRIEF_REPLY},
-        slots=lambda env: {name: word_slot(name, env.vocabulary) for name in FIELDS},
+        slots=lambda env: {
+            name: word_slot(name, env.vocabulary, env.tokens_per_word or None) for name in FIELDS
+        },
     )
 
     def __init__(
@@ -123,6 +127,7 @@ class ALFWorld(PythonEnv):
         observation_words: int = 192,
         command_words: int = 384,
         max_number: int = 60,
+        tokens_per_word: float = 0.0,
         max_steps_in_episode: int = 40,
         repeat_limit: int = 5,
         repeat_penalty: float = -3.0,
@@ -137,6 +142,11 @@ class ALFWorld(PythonEnv):
         for name, value in sizes.items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r}: need an int >= 1")
+        if not tokens_per_word >= 0:
+            raise ValueError(
+                f"tokens_per_word={tokens_per_word!r}: need >= 0 (0: the vocabulary's mean)"
+            )
+        self.tokens_per_word = float(tokens_per_word)
         self.config_path = config_path or os.environ.get("ALFWORLD_CONFIG", "")
         self.env_type, self.train_eval = env_type, "train" if split == "train" else eval_split
         self.image_size, self.max_steps_in_episode = image_size, max_steps_in_episode

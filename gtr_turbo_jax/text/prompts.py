@@ -23,7 +23,7 @@ at index `max_length - 1`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import chex
@@ -67,6 +67,9 @@ class PromptTemplate:
     history_length: int = 0  # K: the prompt lists the last K actions (`fields["history"]`)
     style: str = "full"  # one of STYLES
     positions: bool = False  # the prompt adds the env's positions hint (`AgentSpec.positions`)
+    # slot -> the tokens it may take (`Slot.token_budget`): its text is cut after the last whole
+    # symbol within them. Slots not listed are never cut.
+    budgets: Mapping[str, int] = field(default_factory=dict)
 
 
 def _history_slot(env: Any) -> Slot:
@@ -162,18 +165,23 @@ def make_template(
         for r, ids in enumerate(encoded):
             table[r, : len(ids)] = ids
         tables[name] = (table, np.asarray([len(ids) for ids in encoded], np.int32))
-    # Longest prompt: each slot at its bound (default: every position at its longest rendering).
+    # Longest prompt: each slot at its bound (default: every position at its longest rendering),
+    # or at its token budget where that is less.
     fields = _field_shapes(env)
     fields["history"] = jax.ShapeDtypeStruct((history_length,), jnp.int32)
-    max_length = 0
+    max_length, budgets = 0, {}
     for piece in pieces:
         if isinstance(piece, Slot):
             lengths = tables[piece.name][1]
-            if piece.max_tokens is not None:
-                max_length += int(piece.max_tokens(lengths))
-                continue
             count = jax.eval_shape(piece.symbols, fields)[0].shape[0]
-            max_length += count * int(lengths.max())
+            if piece.max_tokens is not None:
+                bound = int(piece.max_tokens(lengths))
+            else:
+                bound = count * int(lengths.max())
+            if piece.token_budget is not None:
+                budgets[piece.name] = int(piece.token_budget(lengths, count))
+                bound = min(bound, budgets[piece.name])
+            max_length += bound
         else:
             max_length += len(piece)
     return PromptTemplate(
@@ -185,6 +193,7 @@ def make_template(
         history_length=history_length,
         style=style,
         positions=positions,
+        budgets=budgets,
     )
 
 
@@ -230,7 +239,10 @@ def assemble(
             table, table_lengths = template.tables[piece.name]
             symbols, present = piece.symbols(fields)
             rows.append(jnp.asarray(table)[symbols])
-            lengths.append(jnp.where(present, jnp.asarray(table_lengths)[symbols], 0))
+            counts = jnp.where(present, jnp.asarray(table_lengths)[symbols], 0)
+            if piece.name in template.budgets:  # past the budget every symbol is cut
+                counts = jnp.where(jnp.cumsum(counts) <= template.budgets[piece.name], counts, 0)
+            lengths.append(counts)
         else:
             rows.append(jnp.asarray(piece, jnp.int32)[None, :])
             lengths.append(jnp.asarray([len(piece)], jnp.int32))
@@ -254,7 +266,11 @@ def prompt_text(template: PromptTemplate, env: Any, fields: Mapping[str, Any]) -
     slots = _slots(spec, env, template.history_length, template.positions)
     for name, slot in slots.items():
         symbols, present = (np.asarray(a) for a in slot.symbols(fields))
-        values[name] = "".join(slot.renderings[s] for s, p in zip(symbols, present) if p)
+        kept = [int(s) for s, p in zip(symbols, present) if p]
+        if name in template.budgets:  # `assemble`'s cut: the symbols within the budget
+            tokens = np.cumsum(template.tables[name][1][kept]) if kept else np.zeros(0)
+            kept = kept[: int(np.sum(tokens <= template.budgets[name]))]
+        values[name] = "".join(slot.renderings[s] for s in kept)
     text = _user_text(spec, template.history_length, template.style, template.positions)
     return text.format(reply=spec.replies[template.style], **values)
 

@@ -90,6 +90,8 @@ def test_a_bad_config_or_bad_arguments_are_one_line(fake_alfworld, tmp_path):
         ALFWorld(split="valid")
     with pytest.raises(ValueError, match="image_size=0: need an int >= 1"):
         ALFWorld(image_size=0)
+    with pytest.raises(ValueError, match=r"tokens_per_word=-1.0: need >= 0"):
+        ALFWorld(tokens_per_word=-1.0)
 
 
 def test_a_won_game_pays_rl4vlms_reward_every_step(fake_alfworld):
@@ -213,6 +215,11 @@ def test_the_prompt_assembles_as_the_host_tokenizes_it(fake_alfworld):
     assert "Task: put a apple in fridge . Scene: you are in the middle" in prompts[0]
     assert "Actions: 1) go to cabinet 1 2) go to cabinet 2" in prompts[0]
     assert "Actions: 1) go to cabinet 2" in prompts[1]  # at cabinet 1, its "go to" is gone
+    # Each field's token budget (the vocabulary's mean tokens a word), not every word at the
+    # longest word's count, bounds the prompt.
+    unbounded = make_template("alfworld", ALFWorld(observation_words=40, tokens_per_word=1e3),
+                              tokenizer, 4, style="brief")  # fmt: skip
+    assert template.max_length < unbounded.max_length / 2
 
 
 @pytest.mark.slow

@@ -58,6 +58,44 @@ def test_word_slots_assemble_as_the_host_tokenizes_the_words():
     assert f"You see:{''.join(' ' + w for w in words)} Commands:" in tokenizer.decode(expected)
 
 
+class TightRoom(TextRoom):
+    """TextRoom with one token per word at most: long texts are cut."""
+
+    agent_spec = AgentSpec(
+        texts=TextRoom.agent_spec.texts,
+        replies=TextRoom.agent_spec.replies,
+        slots=lambda env: {
+            name: word_slot(name, VOCAB, tokens_per_word=1.0)
+            for name in ("observation", "commands")
+        },
+    )
+
+
+def test_a_token_budget_cuts_after_the_last_whole_word_within_it():
+    tokenizer = load_tokenizer(tiny_tokenizer_path())
+    env, loose_env = TightRoom(), TextRoom()
+    template = make_template(f"{__name__}:TightRoom", env, tokenizer, 4, style="brief")
+    loose = make_template(f"{__name__}:TextRoom", loose_env, tokenizer, 4, style="brief")
+    lengths = template.tables["observation"][1]
+    assert template.budgets == {"observation": WORDS, "commands": WORDS}  # ceil(8 words x 1.0)
+    # Each slot's bound is its budget (8), not 8 positions at the longest word.
+    static = sum(len(piece) for piece in template.pieces if isinstance(piece, tuple))
+    assert template.max_length == static + 2 * WORDS < loose.max_length
+    cut = 0
+    for seed in range(24):
+        fields = {k: v for k, v in env.reset(seed).items() if k != "image"}
+        ids, mask = jax.device_get(assemble(template, fields))
+        np.testing.assert_array_equal(ids[mask], encode_prompt(tokenizer, template, env, fields, 4))
+        words = [int(i) for i in fields["observation"] if i >= 0]
+        kept = int(np.sum(np.cumsum(lengths[words]) <= WORDS)) if words else 0
+        text = tokenizer.decode(ids[mask])
+        assert f"You see:{''.join(' ' + VOCAB[w] for w in words[:kept])} Commands:" in text
+        cut += kept < len(words)
+    assert cut > 3  # texts were cut, and others were not
+
+
 def test_a_word_with_spaces_is_refused():
     with pytest.raises(ValueError, match="without surrounding spaces"):
         word_slot("observation", ("go", " to"))
+    with pytest.raises(ValueError, match="tokens_per_word=0"):
+        word_slot("observation", ("go", "to"), tokens_per_word=0)
