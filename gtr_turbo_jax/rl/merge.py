@@ -216,13 +216,19 @@ def running_sums_init(like: PyTree) -> PyTree:
     return jax.tree.map(lambda x: jnp.zeros((RUNNING_ROWS, *x.shape), jnp.float32), like)
 
 
-@partial(jax.jit, static_argnames=("density",))
-def _running_push_leaf(sums: jax.Array, delta: jax.Array, density: float | None) -> jax.Array:
+@partial(jax.jit, static_argnames=("density", "peft_compat"))
+def _running_push_leaf(
+    sums: jax.Array, delta: jax.Array, density: float | None, peft_compat: bool
+) -> jax.Array:
     flat = delta.reshape(1, -1).astype(jnp.float32)
     if density is not None:  # TIES step 1, as `ties_merge` trims each snapshot
+        keep = _trim_count(density, flat.shape[1], peft_compat)
         magnitude = jnp.abs(flat)
-        kth = kth_largest_magnitude(magnitude, _trim_count(density, flat.shape[1], False))
-        flat = jnp.where(magnitude >= kth[:, None], flat, 0.0)
+        if keep == 0:
+            flat = jnp.zeros_like(flat)
+        else:
+            kth = kth_largest_magnitude(magnitude, keep)
+            flat = jnp.where(magnitude >= kth[:, None], flat, 0.0)
     flat = flat.reshape(delta.shape)
     rows = (
         jnp.maximum(flat, 0.0),
@@ -233,32 +239,48 @@ def _running_push_leaf(sums: jax.Array, delta: jax.Array, density: float | None)
     return sums + jnp.stack(rows)
 
 
-def running_sums_push(sums: PyTree, delta: PyTree, density: float | None) -> PyTree:
+def running_sums_push(
+    sums: PyTree, delta: PyTree, density: float | None, *, peft_compat: bool = False
+) -> PyTree:
     """Adds one snapshot's task vector to the running sums, trimmed to its top `density` entries
-    by magnitude (TIES) or untrimmed (`None`: the linear merge)."""
+    by magnitude (TIES) or untrimmed (`None`: the linear merge); `peft_compat`: PEFT's trim count
+    `int(density * size)` (`ties_merge`)."""
     if density is not None:
         check_range("density", density, 0.0, 1.0, low_open=True)
     density = None if density is None else float(density)
-    return jax.tree.map(lambda acc, x: _running_push_leaf(acc, x, density), sums, delta)
+    push = lambda acc, x: _running_push_leaf(acc, x, density, bool(peft_compat))
+    return jax.tree.map(push, sums, delta)
 
 
 def running_sums_merge(
-    sums: PyTree, num_snapshots: jax.Array, method: str = "ties", scale: float = 1.0
+    sums: PyTree,
+    num_snapshots: jax.Array,
+    method: str = "ties",
+    scale: float = 1.0,
+    *,
+    peft_compat: bool = False,
 ) -> PyTree:
     """The merge with SMA weights over the `num_snapshots` pushed snapshots, in float32 (0 before
     the first).
 
     `ties`: `ties_merge` of the pushed stack exactly: the elected sign is that of `positive +
     negative` (0 counts as +), the result the elected side's sum over its count (0 where no
-    snapshot has an entry of that sign). `linear`: `(positive + negative) / num_snapshots`."""
+    snapshot has an entry of that sign). `linear`: `(positive + negative) / num_snapshots`.
+
+    `peft_compat=True`: one factor of PEFT's `add_weighted_adapter` over the N snapshots with SMA
+    weights (`merge_lora(mode="factored", peft_compat=True)`: weights `sqrt(1/N)`, TIES normalised
+    by counts): `ties` is then `sqrt(1/N)` times the result above, `linear` `sqrt(N)` times it
+    (the pushes trimmed with `peft_compat` too)."""
     check_choice("method", method, MERGE_METHODS)
     check_range("scale", scale, 0.0, float("inf"))
+    snapshots = jnp.maximum(jnp.asarray(num_snapshots, jnp.float32), 1.0)
+    if peft_compat:  # PEFT's weights w = sqrt(1/N) enter un-normalised: w * sum, w * sum / count
+        scale = scale * (jnp.sqrt(snapshots) if method == "linear" else jax.lax.rsqrt(snapshots))
 
     def merge_leaf(leaf: jax.Array) -> jax.Array:
         positive, negative, positives, negatives = leaf
         if method == "linear":
-            count = jnp.maximum(jnp.asarray(num_snapshots, jnp.float32), 1.0)
-            return scale * (positive + negative) / count
+            return scale * (positive + negative) / snapshots
         plus = positive + negative >= 0
         total, count = jnp.where(plus, positive, negative), jnp.where(plus, positives, negatives)
         return scale * jnp.where(count > 0, total / jnp.where(count > 0, count, 1.0), 0.0)

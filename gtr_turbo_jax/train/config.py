@@ -16,7 +16,7 @@ import optax
 
 MODES = ("ppo", "gtr", "turbo_sft", "turbo_kl")
 MERGE_METHODS = ("ties", "linear", "ema")
-MERGE_SPACES = ("factored", "dense")
+MERGE_SPACES = ("factored", "dense", "peft")
 MERGE_WINDOWS = ("all", "ring")
 FORMAT_REWARD_PLACEMENTS = ("after_gae", "in_gae", "ignore")
 KL_ESTIMATORS = ("k1_clipped", "k1", "abs", "k3", "forward")
@@ -100,8 +100,12 @@ class UpdateConfig:
     `a @ b * scaling` (the paper's semantics): the teacher is a dense delta per adapted kernel (a
     base kernel's bytes each, float32), added to the base kernels inside the teacher's forward
     (see `train.teacher.teacher_weights`), and the whole-run SMA keeps four float32 running sums
-    of the products (docs/scaling.md: 64 GiB on the 3B preset, why `factored` is the default).
-    Without LoRA the two coincide (every parameter is merged as a full weight).
+    of the products (docs/scaling.md: 64 GiB on the 3B preset, why `factored` is the default);
+    `peft` is the authors' arithmetic exactly: PEFT's `add_weighted_adapter(snapshots, SMA
+    weights, "ties" | "linear")` on the snapshots' adapters themselves (not their task vectors),
+    each factor merged apart with weights `sqrt(1/N)` and PEFT's TIES (`rl.merge_lora(...,
+    peft_compat=True)`), so the teacher's delta shrinks as ~1/N of the snapshots' (LoRA only).
+    Without LoRA `factored` and `dense` coincide (every parameter is merged as a full weight).
     """
 
     mode: str = "turbo_kl"
@@ -175,6 +179,11 @@ class UpdateConfig:
                 "UpdateConfig.teacher_path names the model of teacher_source='external' (a local "
                 f"HF directory), and only it: got teacher_source={self.teacher_source!r}, "
                 f"teacher_path={self.teacher_path!r}"
+            )
+        if self.merge_space == "peft" and self.merge_method == "ema":
+            raise ValueError(
+                "UpdateConfig.merge_space='peft' is PEFT's add_weighted_adapter, a ties or linear "
+                "merge of the snapshots: merge_method='ema' is not supported"
             )
         if self.teacher_source == "external" and self.mode == "turbo_sft":
             raise ValueError(

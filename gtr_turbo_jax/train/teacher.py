@@ -9,7 +9,9 @@ weights, or EMA of the policy). By `UpdateConfig.merge_space` the teacher is
 - `dense` (the paper's semantics, LoRA only): one float32 delta per adapted kernel, in the
   kernel's `[out, in]` layout at the kernel's path (`.../q_proj/weight`); its forward
   (`teacher_weights`) is the model with zero adapters on a base whose adapted kernels are
-  `W + delta`. With a bfloat16 base, deltas below half an ulp of a kernel entry round away.
+  `W + delta`. With a bfloat16 base, deltas below half an ulp of a kernel entry round away;
+- `peft` (the authors' arithmetic, LoRA only): adapters like `factored`, merged by PEFT's
+  `add_weighted_adapter` from the snapshots' adapters themselves (not task vectors).
 
 The functions read the teacher's part of the train state through `TeacherFields` (the
 `TrainState` has them), so this module sits below `train.state`.
@@ -74,8 +76,18 @@ def is_dense(lora_scale: float, config: UpdateConfig) -> bool:
     return config.uses_teacher and config.merge_space == "dense" and lora_scale > 0.0
 
 
+def is_peft(config: UpdateConfig) -> bool:
+    """PEFT's merge of the snapshots' adapters (the authors' code)."""
+    return config.uses_teacher and config.merge_space == "peft"
+
+
 def initial_teacher(trainable: nnx.State, base: nnx.State, lora_scale: float, config) -> nnx.State:
     """The teacher at the start: the policy itself, as adapters or as kernel deltas."""
+    if is_peft(config) and config.teacher_source == "merged" and not lora_scale > 0.0:
+        raise ValueError(
+            "rl.merge_space='peft' merges LoRA adapters as PEFT does: the model has none "
+            "(set model.lora_rank, or use merge_space='factored')"
+        )
     if is_dense(lora_scale, config):
         return kernel_deltas(trainable, base, lora_scale)
     return jax.tree.map(jnp.array, trainable)  # distinct buffers: the state is donated
@@ -120,14 +132,16 @@ def push_snapshot(
     config: UpdateConfig,
 ) -> tuple[nnx.State, jax.Array, jax.Array]:
     """Records the task vector `policy - theta_0` (`state` gives theta_0, and the base kernels
-    of a dense merge): into the running sums (`merge_window="all"`, TIES's trimmed signs and
-    magnitudes included; dense: of the kernel products) or the ring of the last S."""
+    of a dense merge; `peft`: the adapters themselves, what PEFT merges): into the running sums
+    (`merge_window="all"`, TIES's trimmed signs and magnitudes included; dense: of the kernel
+    products) or the ring of the last S."""
+    peft = is_peft(config)
     if config.merge_window == "all":
-        task_vector = running_task_vector(state, policy, config)
+        task_vector = policy if peft else running_task_vector(state, policy, config)
         density = config.merge_density if config.merge_method == "ties" else None
-        snapshots = rl.running_sums_push(snapshots, task_vector, density)
+        snapshots = rl.running_sums_push(snapshots, task_vector, density, peft_compat=peft)
     else:
-        task_vector = jax.tree.map(jnp.subtract, policy, state.initial)
+        task_vector = policy if peft else jax.tree.map(jnp.subtract, policy, state.initial)
         snapshots, valid = rl.push_snapshot(snapshots, valid, count, task_vector)
     return snapshots, valid, count + 1
 
@@ -151,6 +165,8 @@ def merge_teacher(state: TeacherFields, policy: nnx.State, config: UpdateConfig)
     dense, on the per-kernel products (`rl.merge.lora_task_products`, an `[S, in, out]` stack per
     kernel while it merges), stored as `[out, in]` kernel deltas.
     """
+    if is_peft(config):
+        return peft_teacher(state, config)
     dense = is_dense(state.lora_scale, config)
     if config.merge_method == "ema":
         target = kernel_deltas(policy, state.base, state.lora_scale) if dense else policy
@@ -193,6 +209,25 @@ def merge_teacher(state: TeacherFields, policy: nnx.State, config: UpdateConfig)
             for name, path in names.items()
         }
     )
+
+
+def peft_teacher(state: TeacherFields, config: UpdateConfig) -> nnx.State:
+    """PEFT's `add_weighted_adapter(snapshots, SMA weights, combination_type)` as the authors'
+    code calls it: each LoRA factor merged apart, from the snapshots' adapters, with PEFT's TIES
+    (or weighted sum) and factor weights `sqrt(w_i)` (PEFT: `sqrt(w_i * scaling)` at a merged
+    scaling of 1, the same delta). Over every snapshot so far (the running sums) or the ring."""
+    if config.merge_window == "all":
+        merged = rl.running_sums_merge(
+            state.snapshots, state.snapshot_count, config.merge_method, config.merge_scale,
+            peft_compat=True,
+        )  # fmt: skip
+    else:
+        weights = jnp.sqrt(rl.sma_weights(state.snapshot_valid))
+        merged = rl.merge_deltas(
+            state.snapshots, weights, config.merge_method, config.merge_density,
+            config.merge_scale, peft_compat=True,
+        )  # fmt: skip
+    return jax.tree.map(lambda m, p: m.astype(p.dtype), merged, state.policy)
 
 
 def remerge(

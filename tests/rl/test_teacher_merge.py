@@ -256,6 +256,32 @@ def test_ties_peft_compat_matches_peft_semantics(density):
         np.testing.assert_allclose(merged[name], expected, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+@pytest.mark.parametrize(("seed", "density", "count"), [(4, 0.8, 1), (5, 0.5, 6), (6, 1.0, 3)])
+def test_running_sums_peft_compat_is_peft_over_every_snapshot(seed, density, count):
+    """Running sums with `peft_compat` equal PEFT's `ties` (and `linear`: the weighted sum) over
+    every snapshot pushed, with PEFT's factor weights sqrt(1/N) for the SMA."""
+    deltas = random_deltas(seed, num_snapshots=count)
+    one = jax.tree.map(lambda x: x[0], deltas)
+    sums = {"ties": rl.running_sums_init(one), "linear": rl.running_sums_init(one)}
+    push = jax.jit(rl.running_sums_push, static_argnames=("density", "peft_compat"))
+    for i in range(count):
+        snapshot = jax.tree.map(lambda x, i=i: x[i], deltas)
+        sums = {
+            "ties": push(sums["ties"], snapshot, density, peft_compat=True),
+            "linear": push(sums["linear"], snapshot, None, peft_compat=True),
+        }
+    merged = {
+        method: rl.running_sums_merge(sums[method], jnp.int32(count), method, peft_compat=True)
+        for method in ("ties", "linear")
+    }
+    weights = np.full(count, np.sqrt(1.0 / count))
+    for name, stack in deltas.items():
+        expected = ties_peft_reference(stack, weights, density)
+        np.testing.assert_allclose(merged["ties"][name], expected, rtol=1e-5, atol=1e-6)
+        weighted_sum = np.tensordot(weights, stack.astype(np.float64), axes=1)
+        np.testing.assert_allclose(merged["linear"][name], weighted_sum, rtol=1e-5, atol=1e-6)
+
+
 def test_factored_peft_compat_reproduces_peft_weighted_adapter():
     rng = np.random.default_rng(13)
     lora_a = {"q": rng.normal(size=(4, 6, 3)).astype(np.float32)}
