@@ -76,6 +76,13 @@ class LiveWindow:
             ],
         }
 
+    def restart(self, update: int) -> LiveWindow:
+        """Every env starts a new episode at turn 0 of `update`: a resumed Python env, whose games
+        start afresh (its checkpoint holds no env state). The episodes open at the checkpoint never
+        end, so they are dropped; the cohorts before `update` then complete with the episodes that
+        ended before it."""
+        return dataclasses.replace(self, starts=((update, 0),) * len(self.starts))
+
     @classmethod
     def from_host(
         cls, host: Mapping[str, Any], num_envs: int, size: int = SUCCESS_WINDOW

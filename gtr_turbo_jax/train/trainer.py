@@ -220,6 +220,8 @@ class Trainer:
         setup, train = self.learner.setup, self.config.train
         # An old checkpoint without the per-env episode starts: `LiveWindow.from_host` falls back.
         window = live.LiveWindow.from_host(host, train.num_envs, SUCCESS_WINDOW)
+        if setup.is_python_env:  # its envs start new games here, resumed or not
+            window = window.restart(host["update"])
         bar = Bar(train.updates, f"{setup.update.mode} {setup.env_name}")
         bar.advance(host["update"])
         clock = time.perf_counter() - host["wall_s"]

@@ -134,6 +134,21 @@ def test_old_checkpoint_without_episode_starts():
     assert LiveWindow.from_host(new, 2).starts == ((UNTRACKED, 0),) * 2
 
 
+def test_a_restart_drops_the_open_episodes_and_completes_their_cohorts():
+    """A Python env resumed at update 2 of the hand-worked case starts new games: env 0's
+    episode open since update 1 turn 2 is dropped (not counted in cohort 1 when the new game
+    ends), cohort 1 completes with the rest, the new game belongs to cohort 2."""
+    straight = run(UPDATES, LiveWindow.fresh(2))
+    checkpoint = json.loads(json.dumps(straight[1].to_host()))
+    resumed = LiveWindow.from_host(checkpoint, 2).restart(2)
+    assert resumed.starts == ((2, 0), (2, 0))
+    after = advance(resumed, 2, *map(np.asarray, UPDATES[2]))
+    new_part = straight[1].returns + (10.5, 11.5, 12.5)  # cohort 1 without env 0's open episode
+    assert straight[2].returns == straight[1].returns + (10.5, 11.5, 12.0, 12.5)
+    assert after.returns == new_part
+    assert (2, 0, 0, True, 12.0) in after.pending  # env 0's new game: cohort 2
+
+
 def test_unbiased_where_the_ended_episode_window_is_not():
     """Short solved and long failed episodes, half each (success 0.5 per episode), 3 turns per
     update, 32 envs: pooled over 200 streams, the old window of the episodes that ended reads 1.0
