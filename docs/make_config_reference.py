@@ -91,6 +91,7 @@ MEANINGS: dict[str, str] = {
     "rl.value_coef": "weight of the value loss",
     "rl.ratio_guard": "if any ratio in a micro-batch exceeds it, only the clipped term is used (None: off; RL4VLM's code: 10)",
     "rl.rescore": "recompute the old log-probs, values and entropies with a forward over the batch (False: the rollout's own, as RL4VLM stores them at acting time)",
+    "rl.pack_trained": "each PPO epoch takes the trained samples first and skips the optimizer steps holding none (group advantages leave an env's turns after its first episode untrained): fewer, fuller Adam steps, no forward for those samples",
     "rl.ratio_level": "PPO ratio per reply (sequence: RL4VLM, on the lambda-weighted log-prob) or per token (token: each token clipped on its own, a lambda-weighted token mean)",
     "rl.value_lr_scale": "the value head's Adam steps relative to the policy's (1: the paper's one rate)",
     "rl.value_backbone_grad": "whether the value loss trains the shared backbone too (True: the paper) or the value head alone",

@@ -1,4 +1,4 @@
-"""Pure RL functions: GAE, group (GiGPO) advantages, lambda-weighted log-probs, PPO losses,
+"""Pure RL functions: GAE, group (GiGPO) advantages, the epochs' minibatch orders, lambda-weighted log-probs, PPO losses,
 teacher guidance, teacher merges.
 
 Nothing here imports the rest of the package; every function is jit- and vmap-friendly, with
@@ -42,6 +42,7 @@ from gtr_turbo_jax.rl.merge import (
     sma_weights,
     ties_merge,
 )
+from gtr_turbo_jax.rl.minibatch import packed_steps, shuffled_steps
 from gtr_turbo_jax.rl.ppo import normalize_advantages, ppo_loss, token_ppo_loss
 from gtr_turbo_jax.rl.reservoir import reservoir_slots, ring_slots
 
@@ -66,6 +67,7 @@ __all__ = [
     "merge_deltas",
     "merge_lora",
     "normalize_advantages",
+    "packed_steps",
     "ppo_loss",
     "push_snapshot",
     "reservoir_slots",
@@ -75,6 +77,7 @@ __all__ = [
     "running_sums_push",
     "sft_loss",
     "shaped_advantages",
+    "shuffled_steps",
     "skip_leading_tokens",
     "sma_weights",
     "state_fingerprints",

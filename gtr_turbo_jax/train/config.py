@@ -50,6 +50,10 @@ class UpdateConfig:
     `ppo_epochs` passes over the batch; each pass is split into optimizer steps of
     `minibatch_size * grad_accum_steps` samples, whose gradients are averaged over
     `grad_accum_steps` micro-batches of `minibatch_size` (the paper: 128 samples per optimizer step).
+    `pack_trained` (not the paper's; group advantages leave part of the batch untrained): each
+    epoch takes the trained samples first and skips the steps that hold none (`rl.packed_steps`),
+    so those samples cost no forward and the update runs fewer, fuller Adam steps
+    (`optimizer_steps` counts them).
     The learning rate follows a cosine from `learning_rate` to `final_learning_rate` over
     `lr_decay_updates` updates, constant within an update (as RL4VLM's per-update scheduler),
     scaled by `(u + 1) / warmup_updates` for the first `warmup_updates` updates (not the paper's;
@@ -125,6 +129,7 @@ class UpdateConfig:
     value_lr_scale: float = 1.0
     value_backbone_grad: bool = True
     ppo_epochs: int = 4
+    pack_trained: bool = False
     minibatch_size: int = 16
     grad_accum_steps: int = 8
     learning_rate: float = 1e-5

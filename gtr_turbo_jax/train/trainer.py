@@ -41,7 +41,8 @@ from gtr_turbo_jax.train.update import update_step
 SUCCESS_WINDOW = live.SUCCESS_WINDOW
 LOG_KEYS = ("kl_mean", "kl_max", "loss", "policy_loss", "value_loss", "sft_loss", "clip_fraction",
             "approx_kl", "thought_entropy", "grad_norm", "learning_rate", "teacher_policy_distance",
-            "value_mean", "advantage_std", "trained_fraction", "finite", "merged")  # fmt: skip
+            "value_mean", "advantage_std", "trained_fraction", "optimizer_steps", "finite",
+            "merged")  # fmt: skip
 
 
 class TrainingError(RuntimeError):

@@ -14,8 +14,10 @@ function a step (`_update_step` reads as this list):
    `config.format_reward_mode`); the value target is `A' + V`; advantages normalised;
 4. SFT variants: the batch's labelled teacher replies are pushed into the DAgger buffer (a
    reservoir of every correction so far, or a ring: `dagger_sampling`);
-5. `ppo_epochs`: epochs (`lax.scan`) of `optimizer_step`s over a permutation (`lax.scan`), each
-   accumulating `loss_fn`'s gradient over micro-batches (`lax.scan`); SFT variants pair each
+5. `ppo_epochs`: epochs (`lax.scan`) of `optimizer_step`s over a permutation (`lax.scan`; with
+   `pack_trained` the trained samples first and the steps holding none skipped:
+   `rl.packed_steps`), each accumulating `loss_fn`'s gradient over micro-batches (`lax.scan`);
+   SFT variants pair each
    micro-batch with `config.sft_rows` draws from the DAgger buffer; a step whose gradient is not
    finite is skipped; turbo modes snapshot the task vector after every epoch
    (`train.teacher.push_snapshot`);
@@ -378,7 +380,22 @@ def loss_fn(
 def optimizer_step(carry, step, grad_fn, optimizer, config: UpdateConfig):
     """One Adam step on the mean gradient of `grad_accum_steps` micro-batches (`lax.scan`). A
     step whose gradient or loss is not finite is skipped, not applied: the state stays usable,
-    the `finite` metric reports it."""
+    the `finite` metric reports it. `pack_trained`: an inactive step (untrained samples only)
+    runs no forward at all (`lax.cond`) and reports zeros (`finite` 1); the metrics add
+    `active`."""
+    indices, keys, active = step  # [accum, micro], [accum], bool
+    if not config.pack_trained:
+        return _optimizer_step(carry, (indices, keys), grad_fn, optimizer, config)
+    run = lambda carry: _optimizer_step(carry, (indices, keys), grad_fn, optimizer, config)
+    shapes = jax.eval_shape(run, carry)[1]
+    zeros = lambda: {**jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes),
+                     "finite": jnp.ones((), jnp.float32)}  # fmt: skip
+    skip = lambda carry: (carry, zeros())
+    carry, metrics = jax.lax.cond(active, run, skip, carry)
+    return carry, {**metrics, "active": active.astype(jnp.float32)}
+
+
+def _optimizer_step(carry, step, grad_fn, optimizer, config: UpdateConfig):
     trainable, opt_state = carry
     indices, keys = step  # [accum, micro], [accum]
 
@@ -428,11 +445,16 @@ def ppo_epochs(
     def epoch(carry, key):
         trainable, opt_state, snapshots, snapshot_valid, snapshot_count = carry
         order_key, step_key = jax.random.split(key)
-        indices = jax.random.permutation(order_key, samples.reward.shape[0])
-        indices = indices.reshape(-1, config.grad_accum_steps, config.minibatch_size)
+        num_samples = samples.reward.shape[0]
+        shape = (num_samples // config.samples_per_step, config.grad_accum_steps,
+                 config.minibatch_size)  # fmt: skip
+        if config.pack_trained:
+            indices, active = rl.packed_steps(order_key, targets.trained, *shape)
+        else:
+            indices, active = rl.shuffled_steps(order_key, num_samples, *shape)
         keys = jax.random.split(step_key, indices.shape[:2])
         (trainable, opt_state), metrics = jax.lax.scan(
-            step, (trainable, opt_state), (indices, keys)
+            step, (trainable, opt_state), (indices, keys, active)
         )
         if config.uses_snapshots:
             snapshots, snapshot_valid, snapshot_count = teacher_lib.push_snapshot(
@@ -469,8 +491,16 @@ def update_metrics(
     valid = samples.valid.astype(bool)
     kl = old.get("kl", jnp.zeros((samples.reward.shape[0],), jnp.float32))
     scored = valid & targets.trained  # the KL of the valid replies the update trains on
-    metrics = {name: jnp.mean(value) for name, value in step_metrics.items()}
+    step_metrics = dict(step_metrics)
+    active = step_metrics.pop("active", None)  # the steps that ran (`pack_trained` skips some)
+    if active is None:
+        metrics = {name: jnp.mean(value) for name, value in step_metrics.items()}
+        steps_run = jnp.asarray(step_metrics["finite"].size, jnp.float32)
+    else:
+        metrics = {name: jnp.mean(value, where=active > 0) for name, value in step_metrics.items()}
+        steps_run = jnp.sum(active)
     metrics.update(
+        optimizer_steps=steps_run,
         finite=jnp.min(step_metrics["finite"]),
         grad_norm_max=jnp.max(step_metrics["grad_norm"]),
         kl_mean=jnp.sum(jnp.where(scored, kl, 0.0)) / jnp.maximum(jnp.sum(scored), 1),

@@ -204,3 +204,32 @@ def test_the_teacher_scores_only_the_micro_batches_it_trains_on(tmp_path):
     np.testing.assert_allclose(skipped["kl"][0], full["kl"][0], rtol=1e-6)
     for name in ("token_logp", "logp_unit", "value", "entropy"):
         np.testing.assert_array_equal(skipped[name], full[name], err_msg=name)
+
+
+def test_packed_epochs_train_the_first_episodes_alone_and_skip_the_rest(tmp_path):
+    """`pack_trained`: both envs' first episodes end at turn 0, so turn 1 is untrained; each
+    epoch runs one step (the two trained samples) and skips the other. The policy then equals an
+    unpacked update on the batch of turn 0 alone (the skipped step does not even move Adam's
+    moments), and differs from the unpacked update of the whole batch, whose second step of
+    untrained samples still applies Adam's momentum."""
+    checkpoint = write_random_checkpoint(tmp_path / "ckpt", MODEL_CONFIG, 7)
+    group = PPO_CONFIG.replace(advantage="group", group_size=ENVS)
+    batch = make_batch(5).replace(terminated=np.ones((TURNS, ENVS), bool))
+    first_turn = jax.tree.map(lambda x: x[:1], batch)
+
+    def trained_policy(config, rows):
+        defs, state = build_state(checkpoint, config, seed=4)
+        state, metrics = update_step(state, rows, defs, config)
+        return jax.tree.map(np.asarray, state.policy), jax.device_get(metrics)
+
+    packed, metrics = trained_policy(group.replace(pack_trained=True), batch)
+    alone, alone_metrics = trained_policy(group, first_turn)
+    whole, whole_metrics = trained_policy(group, batch)
+    assert metrics["optimizer_steps"] == group.ppo_epochs == alone_metrics["optimizer_steps"]
+    assert metrics["finite"] == 1.0  # the skipped steps are not failed ones
+    assert whole_metrics["optimizer_steps"] == 2 * group.ppo_epochs
+    for got, want in zip(jax.tree.leaves(packed), jax.tree.leaves(alone), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(metrics["loss"], alone_metrics["loss"], rtol=1e-5)
+    moved = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(packed), jax.tree.leaves(whole))]
+    assert max(moved) > 1e-6
