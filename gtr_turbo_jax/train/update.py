@@ -17,10 +17,9 @@ function a step (`_update_step` reads as this list):
 5. `ppo_epochs`: epochs (`lax.scan`) of `optimizer_step`s over a permutation (`lax.scan`; with
    `pack_trained` the trained samples first and the steps holding none skipped:
    `rl.packed_steps`), each accumulating `loss_fn`'s gradient over micro-batches (`lax.scan`);
-   SFT variants pair each
-   micro-batch with `config.sft_rows` draws from the DAgger buffer; a step whose gradient is not
-   finite is skipped; turbo modes snapshot the task vector after every epoch
-   (`train.teacher.push_snapshot`);
+   SFT variants pair each micro-batch with `config.sft_rows` draws from the DAgger buffer; a
+   step whose gradient is not finite is skipped; turbo modes snapshot the task vector after
+   every epoch (`train.teacher.push_snapshot`);
 6. `train.teacher.remerge`: every `merge_interval` updates the teacher is re-merged (`lax.cond`:
    merge and no-merge updates are one program); then `update_metrics`.
 
