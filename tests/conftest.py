@@ -31,3 +31,15 @@ def load_experiment():
 def load_tool():
     """`load_tool("convert_checkpoint")`: the script `tools/convert_checkpoint.py` as a module."""
     return lambda name: _load_script(ROOT / "tools" / f"{name}.py")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_compiled_programs():
+    """After each test module, drop JAX's caches of compiled programs. XLA:CPU maps memory for
+    every program it compiles; one process running the whole suite passed the kernel's default
+    `vm.max_map_count` (65530 mappings) and crashed inside a compile (a segfault or an abort at
+    ~91% of `make test`). Tests of one module still share their compilations."""
+    yield
+    import jax  # here, not at the top: JAX_PLATFORMS above must be set first
+
+    jax.clear_caches()
