@@ -15,8 +15,9 @@ at the first reset, so building the env (configs, templates, tests) never needs 
   written "unknown" (counted in `info["unknown_words"]`, warned once per word); text past a
   field's size is cut (`info["cut_words"]`), and so is text past `tokens_per_word` tokens a word
   of the field's size (0: the vocabulary's mean token count; `envs.agent.word_slot`), which keeps
-  the prompt near its usual length instead of every word at the longest one's. The image is the THOR frame (RGB), resized to
-  `image_size` square by nearest pixels; the text-only `AlfredTWEnv` shows a black image.
+  the prompt near its usual length instead of every word at the longest one's. The image is the
+  THOR frame (RGB), resized to `image_size` square by nearest pixels; the text-only
+  `AlfredTWEnv` shows a black image.
 - **Actions**: the reply's `"action"` is the number of an admissible command, "1" to
   `MAX_COMMANDS` (the paper's reply names the command text; a number keeps the action set fixed).
   A number past the state's list is an illegal action: the game does not step.

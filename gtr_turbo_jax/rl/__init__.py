@@ -1,5 +1,5 @@
-"""Pure RL functions: GAE, group (GiGPO) advantages, the epochs' minibatch orders, lambda-weighted log-probs, PPO losses,
-teacher guidance, teacher merges.
+"""Pure RL functions: GAE, group (GiGPO) advantages, the epochs' minibatch orders,
+lambda-weighted log-probs, PPO losses, teacher guidance, teacher merges.
 
 Nothing here imports the rest of the package; every function is jit- and vmap-friendly, with
 configuration values (floats, estimator names) static and validated in Python.

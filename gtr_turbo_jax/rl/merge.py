@@ -120,6 +120,17 @@ def _sum_snapshots(stack: jax.Array) -> jax.Array:
     return reduce(jnp.add, list(stack), jnp.zeros(stack.shape[1:], stack.dtype))
 
 
+def _trim_rows(flat: jax.Array, density: float, peft_compat: bool) -> jax.Array:
+    """TIES's trim of each row of `flat [S, n]`: the entries at or above the row's k-th largest
+    magnitude (`_trim_count`), the others 0."""
+    keep = _trim_count(density, flat.shape[1], peft_compat)
+    if keep == 0:
+        return jnp.zeros_like(flat)
+    magnitude = jnp.abs(flat)
+    kth_largest = kth_largest_magnitude(magnitude, keep)
+    return jnp.where(magnitude >= kth_largest[:, None], flat, 0.0)
+
+
 # jit: one compiled program per leaf shape, also when called eagerly (inlined inside an outer jit).
 @partial(jax.jit, static_argnames=("density", "scale", "peft_compat"))
 def _ties_leaf(
@@ -127,15 +138,8 @@ def _ties_leaf(
 ) -> jax.Array:
     num_snapshots = stack.shape[0]
     flat = stack.reshape(num_snapshots, -1).astype(jnp.float32)
-    size = flat.shape[1]
-    keep = _trim_count(density, size, peft_compat)
     # 1. Trim: per snapshot, keep entries at or above the k-th largest magnitude.
-    magnitude = jnp.abs(flat)
-    if keep == 0:
-        trimmed = jnp.zeros_like(flat)
-    else:
-        kth_largest = kth_largest_magnitude(magnitude, keep)
-        trimmed = jnp.where(magnitude >= kth_largest[:, None], flat, 0.0)
+    trimmed = _trim_rows(flat, density, peft_compat)
     # 2. Elect a sign per entry from the weighted sum (PEFT: the unweighted sum), 0 counting as +.
     weighted = weights[:, None] * trimmed
     elected_sign = jnp.where(_sum_snapshots(trimmed if peft_compat else weighted) >= 0, 1.0, -1.0)
@@ -222,13 +226,7 @@ def _running_push_leaf(
 ) -> jax.Array:
     flat = delta.reshape(1, -1).astype(jnp.float32)
     if density is not None:  # TIES step 1, as `ties_merge` trims each snapshot
-        keep = _trim_count(density, flat.shape[1], peft_compat)
-        magnitude = jnp.abs(flat)
-        if keep == 0:
-            flat = jnp.zeros_like(flat)
-        else:
-            kth = kth_largest_magnitude(magnitude, keep)
-            flat = jnp.where(magnitude >= kth[:, None], flat, 0.0)
+        flat = _trim_rows(flat, density, peft_compat)
     flat = flat.reshape(delta.shape)
     rows = (
         jnp.maximum(flat, 0.0),

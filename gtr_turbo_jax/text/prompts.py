@@ -268,7 +268,7 @@ def prompt_text(template: PromptTemplate, env: Any, fields: Mapping[str, Any]) -
         symbols, present = (np.asarray(a) for a in slot.symbols(fields))
         kept = [int(s) for s, p in zip(symbols, present) if p]
         if name in template.budgets:  # `assemble`'s cut: the symbols within the budget
-            tokens = np.cumsum(template.tables[name][1][kept]) if kept else np.zeros(0)
+            tokens = np.cumsum(template.tables[name][1][np.asarray(kept, np.int64)])
             kept = kept[: int(np.sum(tokens <= template.budgets[name]))]
         values[name] = "".join(slot.renderings[s] for s in kept)
     text = _user_text(spec, template.history_length, template.style, template.positions)

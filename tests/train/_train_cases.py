@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from gtr_turbo_jax.train.state import ModelDefs, TrainState, init_train_state
 
 MODEL_CONFIG = get_config("micro")
 LORA = LoRAConfig(rank=4, alpha=8.0, dropout=0.0)
+# The teacher-merge tests adapt two kernels (the decoder's q_proj, the vision tower's qkv): few
+# leaves to compile.
+TWO_KERNELS = dataclasses.replace(LORA, targets=("q_proj", "qkv"))
 GRID = (1, 4, 4)  # 16 patches -> 4 merged image tokens
 TURNS, ENVS, PROMPT_LEN, REPLY_LEN = 2, 2, 12, 6
 THOUGHT_LEN = 3  # reply tokens [0, 3) are thoughts, [3, 5) the action span, 5 the EOS

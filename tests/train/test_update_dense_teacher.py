@@ -5,7 +5,6 @@ parts in the modes that have no teacher, DAgger images in the compute dtype."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from fractions import Fraction
@@ -22,6 +21,7 @@ from _train_cases import (
     PROMPT_LEN,
     REPLY_LEN,
     TURNS,
+    TWO_KERNELS,
     build_state,
     make_batch,
     make_scorer,
@@ -44,9 +44,8 @@ from gtr_turbo_jax.train.teacher import (
 from gtr_turbo_jax.train.update import update_step
 
 DENSE_CONFIG = KL_CONFIG.replace(merge_space="dense", merge_density=0.5, merge_window="ring")
-# The merge tests adapt two kernels (the decoder's q_proj, the vision tower's qkv): few leaves to
-# compile; the step and forward tests adapt every linear layer (`LORA`).
-TWO_KERNELS = dataclasses.replace(LORA, targets=("q_proj", "qkv"))
+# The merge tests adapt two kernels (`TWO_KERNELS`); the step and forward tests every linear
+# layer (`LORA`).
 # Jitted once per test module: eagerly, each small op and each leaf's TIES would compile alone.
 merge_teacher_jit = jax.jit(merge_teacher, static_argnames="config")
 merge_lora_dense = jax.jit(

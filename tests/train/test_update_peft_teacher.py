@@ -6,13 +6,11 @@ step runs; a model without LoRA or an EMA merge is one clear error."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _train_cases import KL_CONFIG, LORA, MODEL_CONFIG, build_state, make_batch
+from _train_cases import KL_CONFIG, LORA, MODEL_CONFIG, TWO_KERNELS, build_state, make_batch
 
 from gtr_turbo_jax.models.random_checkpoint import write_random_checkpoint
 from gtr_turbo_jax.rl import merge_lora
@@ -22,7 +20,6 @@ from gtr_turbo_jax.train.update import update_step
 PEFT_CONFIG = KL_CONFIG.replace(
     merge_space="peft", merge_density=0.5, snapshot_capacity=4, merge_interval=1
 )
-TWO_KERNELS = dataclasses.replace(LORA, targets=("q_proj", "qkv"))
 merge_teacher_jit = jax.jit(merge_teacher, static_argnames="config")
 push_jit = jax.jit(push_snapshot, static_argnames="config")
 merge_lora_peft = jax.jit(
