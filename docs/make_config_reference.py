@@ -116,7 +116,7 @@ MEANINGS: dict[str, str] = {
     "rl.sft_minibatch_size": "DAgger rows paired with each PPO micro-batch (None: a quarter of minibatch_size)",
     "rl.format_reward_placement": "where the format reward enters: after_gae, in_gae or ignore (None: ignore for ppo, else after_gae)",
     "rl.merge_method": "teacher merge: ties or linear (SMA weights over the snapshots) or ema",
-    "rl.merge_space": "factored (merge LoRA a and b apart, as the authors' code; adapter-sized) or dense (merge a @ b, the paper; a float32 copy of every adapted kernel, and 4 more with merge_window=all) or peft (PEFT's add_weighted_adapter on the snapshots' adapters, as the authors' code computes it)",
+    "rl.merge_space": "dense (merge a @ b, the paper; a float32 copy of every adapted kernel, and 4 more with merge_window=all) or peft (PEFT's add_weighted_adapter on the snapshots' adapters, as the authors' code computes it; adapter-sized) or factored (merge LoRA a and b task vectors apart; adapter-sized)",
     "rl.merge_density": "TIES: fraction of each task vector kept by magnitude",
     "rl.merge_scale": "scale of the merged task vector added to theta_0",
     "rl.ema_alpha": "ema: teacher = alpha * policy + (1 - alpha) * teacher",

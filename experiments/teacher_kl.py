@@ -28,6 +28,7 @@ from gtr_turbo_jax.train.commands import restore_run
 from gtr_turbo_jax.train.learner import Learner
 from gtr_turbo_jax.train.run_config import read_run_config as run_config
 from gtr_turbo_jax.train.scoring import score_replies
+from gtr_turbo_jax.train.teacher import teacher_weights
 
 
 def kl_stats(agent, reference, thought_mask, valid, estimator="k1_clipped", clip=10.0):
@@ -49,15 +50,17 @@ def thought_kl_stats(learner: Learner, state, num_batches: int) -> dict[str, flo
     graphdef = learner.defs.model
 
     @jax.jit
-    def scored(batch, adapters):
+    def scored(batch, weights):
+        adapters, base = weights
         rows = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
         logits = score_replies(
-            graphdef, state.base, adapters, rows.prompt_ids, rows.prompt_mask,
+            graphdef, base, adapters, rows.prompt_ids, rows.prompt_mask,
             rows.image_patches, rows.response_ids, rows.response_mask, batch.image_grid_thw,
         ).logits  # fmt: skip
         return rl.token_logprobs(logits, rows.response_ids)
 
-    teachers = {"teacher": state.teacher, "initial": state.initial}
+    # The teacher's forward as the update runs it (a dense merge: zero adapters on shifted kernels).
+    teachers = {"teacher": teacher_weights(state, update), "initial": (state.initial, state.base)}
     parts: dict[str, list[np.ndarray]] = {}
     rollout_state = learner.init_rollout()
     for _ in range(num_batches):
@@ -68,9 +71,9 @@ def thought_kl_stats(learner: Learner, state, num_batches: int) -> dict[str, flo
         rows = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
         mask = np.asarray(rows.thought_mask, bool)
         parts.setdefault("entropy", []).append(np.asarray(rows.sampler_entropy)[mask])
-        for name, adapters in teachers.items():
+        for name, weights in teachers.items():
             stats = kl_stats(
-                rows.sampler_logp_unit, scored(batch, adapters), rows.thought_mask, rows.valid,
+                rows.sampler_logp_unit, scored(batch, weights), rows.thought_mask, rows.valid,
                 update.kl_estimator, update.kl_clip,
             )  # fmt: skip
             for key, values in stats.items():
@@ -85,12 +88,16 @@ def thought_kl_stats(learner: Learner, state, num_batches: int) -> dict[str, flo
 
 def held_out_success(learner: Learner, state) -> dict[str, float]:
     """Held-out success of the policy, the merged teacher and theta_0 played as the agent (the
-    teacher and theta_0 have the policy's adapter structure: factored merges, or no LoRA)."""
-    agents = {"policy": state.policy, "teacher": state.teacher, "initial": state.initial}
-    evaluate = lambda adapters: learner.evaluator(
-        state.base, adapters, state.value_head, learner.keys["eval"]
+    teacher with the weights of its forward in the update)."""
+    agents = {
+        "policy": (state.policy, state.base),
+        "teacher": teacher_weights(state, learner.setup.update),
+        "initial": (state.initial, state.base),
+    }
+    evaluate = lambda adapters, base: learner.evaluator(
+        base, adapters, state.value_head, learner.keys["eval"]
     ).metrics["success_rate"]
-    return {f"{name}_success": float(evaluate(adapters)) for name, adapters in agents.items()}
+    return {f"{name}_success": float(evaluate(*weights)) for name, weights in agents.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -111,8 +118,6 @@ def main(argv: list[str] | None = None) -> None:
     learner, state, host = restore_run(args.run_dir, args.step, config)
     result = {"update": host["update"], **thought_kl_stats(learner, state, args.batches)}
     if args.evaluate:
-        if config.rl.merge_space == "dense" and config.model.lora_rank > 0:
-            parser.error("--evaluate plays the teacher as adapters: not with merge_space=dense")
         result.update(held_out_success(learner, state))
     print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in result.items()}))
 

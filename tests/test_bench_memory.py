@@ -37,6 +37,8 @@ def by_mesh(result: dict) -> dict[tuple[int, int], dict]:
     return {tuple(row["mesh"]): row for row in result["rows"]}
 
 
+# ~40 s of compiles on 1 and 4 simulated devices
+@pytest.mark.slow
 def test_quick_table_is_positive_and_fsdp_divides_the_state(bench, capsys):
     cells, result = run(bench, capsys, ["--quick"])
     assert [row[:2] for row in cells] == [["micro", "1 x 1"], ["micro", "1 x 4"]]

@@ -73,6 +73,8 @@ def test_the_class_resolves_with_its_agent_spec_and_its_prompt_assembles(corrido
             np.testing.assert_array_equal(np.asarray(ids)[np.asarray(mask)], expected)
 
 
+# ~30 s: a whole CLI run; the corridor trains through the host rollout in the default suite
+@pytest.mark.slow
 def test_the_documented_command_trains_the_corridor(corridor, tmp_path):
     argv = documented_command()
     workdir = tmp_path / "run"

@@ -16,7 +16,7 @@ import optax
 
 MODES = ("ppo", "gtr", "turbo_sft", "turbo_kl")
 MERGE_METHODS = ("ties", "linear", "ema")
-MERGE_SPACES = ("factored", "dense", "peft")
+MERGE_SPACES = ("dense", "peft", "factored")
 MERGE_WINDOWS = ("all", "ring")
 FORMAT_REWARD_PLACEMENTS = ("after_gae", "in_gae", "ignore")
 KL_ESTIMATORS = ("k1_clipped", "k1", "abs", "k3", "forward")
@@ -98,17 +98,18 @@ class UpdateConfig:
     Snapshots are taken after every epoch. `merge_window`: `all` (the paper's SMA over every
     snapshot so far, kept as running sums: `rl.running_sums_push`) or `ring` (the last
     `snapshot_capacity` snapshots; a teacher that lags the policy by a few updates only).
-    `merge_space`: `factored` merges the LoRA `a` and `b` leaves separately (as the authors' code
-    does through PEFT, with our TIES's normalisation; the teacher is an adapter set like the
-    policy's, so it costs one more LoRA's bytes); `dense` merges the per-kernel products
-    `a @ b * scaling` (the paper's semantics): the teacher is a dense delta per adapted kernel (a
-    base kernel's bytes each, float32), added to the base kernels inside the teacher's forward
-    (see `train.teacher.teacher_weights`), and the whole-run SMA keeps four float32 running sums
-    of the products (docs/scaling.md: 64 GiB on the 3B preset, why `factored` is the default);
-    `peft` is the authors' arithmetic exactly: PEFT's `add_weighted_adapter(snapshots, SMA
+    `merge_space`: `dense` (the default: the paper's semantics) merges the per-kernel products
+    `a @ b * scaling`: the teacher is a dense delta per adapted kernel (a base kernel's bytes
+    each, float32), added to the base kernels inside the teacher's forward (see
+    `train.teacher.teacher_weights`), and the whole-run SMA keeps four float32 running sums of
+    the products (docs/scaling.md: ~64 GiB on the 3B preset, split by FSDP); `peft` is the
+    authors' arithmetic exactly, adapter-sized: PEFT's `add_weighted_adapter(snapshots, SMA
     weights, "ties" | "linear")` on the snapshots' adapters themselves (not their task vectors),
     each factor merged apart with weights `sqrt(1/N)` and PEFT's TIES (`rl.merge_lora(...,
-    peft_compat=True)`), so the teacher's delta shrinks as ~1/N of the snapshots' (LoRA only).
+    peft_compat=True)`), so the teacher's delta shrinks as ~1/N of the snapshots' (LoRA only);
+    `factored` merges the LoRA `a` and `b` task vectors separately with the paper's TIES
+    normalisation (an approximation: adapter-sized, the teacher an adapter set like the
+    policy's).
     Without LoRA `factored` and `dense` coincide (every parameter is merged as a full weight).
     """
 
@@ -152,7 +153,7 @@ class UpdateConfig:
     teacher_source: str = "merged"
     teacher_path: str = ""
     merge_method: str = "ties"
-    merge_space: str = "factored"
+    merge_space: str = "dense"
     merge_density: float = 0.8
     merge_scale: float = 1.0
     ema_alpha: float = 0.5

@@ -70,6 +70,8 @@ def test_same_seed_same_first_batch_as_the_jax_env():
     assert not (np.asarray(jax_first[0].prompt_ids) == np.asarray(jax_second[0].prompt_ids)).all()
 
 
+# ~50 s of CLI runs: the Python-env rollout itself is tested in the default suite
+@pytest.mark.slow
 def test_the_cli_trains_evaluates_resumes_and_exports_the_twin(tmp_path, capsys):
     run = tmp_path / "run"
     argv = ["train", f"--env={TWIN}", "--smoke", f"--workdir={run}", "--config.train.updates=2",

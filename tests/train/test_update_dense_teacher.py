@@ -33,9 +33,12 @@ from gtr_turbo_jax.models import ValueHead, from_pretrained
 from gtr_turbo_jax.models.random_checkpoint import write_random_checkpoint
 from gtr_turbo_jax.rl import merge_lora
 from gtr_turbo_jax.rollout.batch import Batch
+from gtr_turbo_jax.train.config import UpdateConfig
+from gtr_turbo_jax.train.run_config import load_config, update_config
 from gtr_turbo_jax.train.state import init_train_state
 from gtr_turbo_jax.train.teacher import (
     kernel_deltas,
+    kernel_path,
     lora_pairs,
     merge_teacher,
     push_snapshot,
@@ -217,8 +220,29 @@ def test_modes_without_a_teacher_hold_no_teacher_parts(checkpoint):
                 teacher_weights(state, config)
 
 
+def test_the_default_merge_space_is_the_papers(checkpoint):
+    """TIES on the `B A` products is the default (the paper's semantics), the real presets'
+    included: a LoRA run's teacher is one float32 delta per adapted kernel in the kernel's
+    layout, and the whole-run SMA sums the products (four rows of the kernel's shape)."""
+    assert UpdateConfig().merge_space == "dense"
+    for preset in ("points24:qwen2.5-vl-3b", "sokoban:qwen2.5-vl-7b"):
+        config = load_config(preset, ["--config.model.path=/models/qwen"])
+        assert update_config(config).merge_space == "dense", preset
+    config = KL_CONFIG  # merge_space and merge_window at their defaults
+    assert config.merge_space == "dense" and config.merge_window == "all"
+    _, state = build_state(checkpoint, config, lora=TWO_KERNELS)
+    kernels = dict(nnx.to_flat_state(state.base))
+    teacher = dict(nnx.to_flat_state(state.teacher))
+    assert set(teacher) == {kernel_path(path) for path in lora_pairs(state.policy)}
+    for path, delta in teacher.items():
+        assert delta[...].shape == kernels[path][...].shape and delta[...].dtype == jnp.float32
+    for path, sums in nnx.to_flat_state(state.snapshots):
+        assert sums[...].shape == (4, *kernels[path][...].shape), path
+
+
 def test_the_whole_run_sma_keeps_four_sums(checkpoint):
-    _, state = build_state(checkpoint, KL_CONFIG)  # merge_window="all", factored
+    config = KL_CONFIG.replace(merge_space="factored")  # merge_window="all"
+    _, state = build_state(checkpoint, config)
     for sums, adapter in zip(jax.tree.leaves(state.snapshots), jax.tree.leaves(state.policy)):
         assert sums.shape == (4, *adapter.shape) and sums.dtype == jnp.float32
 

@@ -31,6 +31,8 @@ from gtr_turbo_jax.train.scoring import score_replies
 from gtr_turbo_jax.train.update import update_step
 
 SAMPLES = TURNS * ENVS
+# Tests that plant a random adapter set as the teacher: the factored merge space holds adapters.
+FACTORED = KL_CONFIG.replace(merge_space="factored")
 
 
 def to_numpy(tree):
@@ -125,7 +127,7 @@ def _clipped_k1_means(scorer, defs, state, teacher, batch):
 
 
 def test_kl_pulls_thoughts_toward_the_teacher_and_ignores_the_action(checkpoint, scorer):
-    defs, state = build_state(checkpoint, KL_CONFIG, seed=3)
+    defs, state = build_state(checkpoint, FACTORED, seed=3)
     teacher = _random_teacher(state, seed=5)
     state = state.replace(teacher=jax.tree.map(jnp.array, teacher))
     batch = _thought_teacher_batch(defs, state, teacher, scorer)
@@ -138,16 +140,16 @@ def test_kl_pulls_thoughts_toward_the_teacher_and_ignores_the_action(checkpoint,
     other_batch = batch.replace(response_ids=jnp.asarray(other_actions))
     _, other_action_kl = _clipped_k1_means(scorer, defs, state, teacher, other_batch)
     assert np.abs(other_action_kl - action_before).max() > 0.1
-    other_defs, other_state = build_state(checkpoint, KL_CONFIG, seed=3)
+    other_defs, other_state = build_state(checkpoint, FACTORED, seed=3)
     other_state = other_state.replace(teacher=jax.tree.map(jnp.array, teacher))
-    _, other_metrics = update_step(other_state, other_batch, other_defs, KL_CONFIG)
+    _, other_metrics = update_step(other_state, other_batch, other_defs, FACTORED)
 
-    state, metrics = update_step(state, batch, defs, KL_CONFIG)
+    state, metrics = update_step(state, batch, defs, FACTORED)
     # The step's KL is the clipped k1 over thought tokens at temperature 1, per reply.
     np.testing.assert_allclose(metrics["kl_mean"], thought_before.mean(), rtol=1e-4)
     np.testing.assert_allclose(metrics["kl_max"], thought_before.max(), rtol=1e-4)
     assert other_metrics["kl_mean"] == metrics["kl_mean"]
-    state, metrics = update_step(state, batch, defs, KL_CONFIG)
+    state, metrics = update_step(state, batch, defs, FACTORED)
     assert metrics["finite"] == 1.0
 
     # The replies whose thoughts the teacher dislikes lose probability: their KL falls.
@@ -352,7 +354,7 @@ def test_forward_kl_is_the_full_vocabulary_sum_under_the_teacher(checkpoint, sco
     """`kl_estimator="forward"`: KL(teacher || agent) over the vocabulary on the thought tokens,
     from the policy's own forward (the rollout records only the sampled tokens' log-probs),
     written out in numpy; the sampled-token k1 of the same pair differs."""
-    config = KL_CONFIG.replace(rescore=False, kl_estimator="forward")
+    config = FACTORED.replace(rescore=False, kl_estimator="forward")  # an adapter teacher
     defs, state = build_state(checkpoint, config, seed=3)
     teacher = _random_teacher(state, seed=5)
     batch = _with_sampler_numbers(make_batch(2), defs, state, config.temperature)
