@@ -44,6 +44,8 @@ def run(tmp_path_factory, teacher_dir):
     return workdir
 
 
+# a whole CLI run with a second model (~30 s); the update with an external teacher is tested in tests/train
+@pytest.mark.slow
 def test_training_reads_the_kl_to_the_external_teacher(run, teacher_dir):
     config = json.loads((run / "config.json").read_text())
     assert config["rl"]["teacher_source"] == "external"
@@ -73,6 +75,8 @@ def test_checkpoints_leave_the_teacher_out_and_resume_bitwise(run, tmp_path):
     assert read_metrics(copy)[-1]["kl_mean"] == read_metrics(run)[-1]["kl_mean"]
 
 
+# reads the CLI run above
+@pytest.mark.slow
 def test_eval_does_not_need_the_teacher(run, teacher_dir, tmp_path):
     moved = tmp_path / "gone"
     shutil.move(teacher_dir, moved)

@@ -210,6 +210,8 @@ def test_host_rollout_rejects_bad_arguments(text):
         make_host_rollout(lambda: PySokoban(bank=levels), *common, format_reward=(1.0,))
 
 
+# ~20 s: three evaluations compiled
+@pytest.mark.slow
 def test_the_host_evaluator_plays_rounds_on_envs_it_builds_once(text, setup):
     """`envs_at_once`: rounds of at most that many envs, round r from `fold_in(key, r)`; the envs
     are built once per round size (a Python env may be a whole simulator) and reused by every

@@ -42,6 +42,8 @@ def test_the_twin_is_a_python_env_with_sokobans_config_section():
         envs.make(TWIN, levels=3)
 
 
+# ~20 s: two learners built and played
+@pytest.mark.slow
 def test_same_seed_same_first_batch_as_the_jax_env():
     compiled_config, twin_config = configs()
     assert compiled_config.rl.advantage == "group" and compiled_config.rl.group_size == 2

@@ -206,6 +206,8 @@ def test_the_teacher_scores_only_the_micro_batches_it_trains_on(tmp_path):
         np.testing.assert_array_equal(skipped[name], full[name], err_msg=name)
 
 
+# an option off by default (~14 s)
+@pytest.mark.slow
 def test_packed_epochs_train_the_first_episodes_alone_and_skip_the_rest(tmp_path):
     """`pack_trained`: both envs' first episodes end at turn 0, so turn 1 is untrained; each
     epoch runs one step (the two trained samples) and skips the other. The policy then equals an

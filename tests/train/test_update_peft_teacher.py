@@ -94,6 +94,8 @@ def test_n_identical_snapshots_give_a_teacher_of_one_nth_the_delta(checkpoint):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
 
 
+# an option off by default (~8 s): its merge is tested above
+@pytest.mark.slow
 def test_an_update_with_the_peft_teacher_runs_and_remerges(checkpoint):
     defs, state = build_state(checkpoint, PEFT_CONFIG, lora=LORA)
     state, metrics = update_step(state, make_batch(0), defs, PEFT_CONFIG)

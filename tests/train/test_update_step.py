@@ -246,6 +246,8 @@ def test_the_first_ratio_is_exactly_one_under_lora_dropout(checkpoint):
         assert float(metrics["approx_kl"]) < 1e-9 and float(metrics["clip_fraction"]) == 0.0
 
 
+# an option off by default (~12 s)
+@pytest.mark.slow
 def test_value_lr_scale_sets_the_critics_step_alone(checkpoint):
     """One optimizer step: 0 freezes the value head and leaves the policy's step as it was; 10
     moves the head 10x as far."""
@@ -268,6 +270,8 @@ def test_value_lr_scale_sets_the_critics_step_alone(checkpoint):
     np.testing.assert_allclose(moved[10.0][1], 10 * moved[1.0][1], rtol=1e-4, atol=1e-9)
 
 
+# an option off by default (~20 s)
+@pytest.mark.slow
 def test_value_loss_without_backbone_grad_leaves_the_policy_step_alone(checkpoint):
     """`value_backbone_grad=False`: the policy's step is the one without any value loss, while
     the head still learns; with the gradient (the paper) the value loss moves the policy too."""
@@ -350,6 +354,8 @@ def test_warmup_scales_the_first_updates_of_the_cosine():
     np.testing.assert_allclose(no_warmup, cosine, rtol=1e-6, atol=1e-12)
 
 
+# an option off by default (~20 s)
+@pytest.mark.slow
 def test_forward_kl_is_the_full_vocabulary_sum_under_the_teacher(checkpoint, scorer):
     """`kl_estimator="forward"`: KL(teacher || agent) over the vocabulary on the thought tokens,
     from the policy's own forward (the rollout records only the sampled tokens' log-probs),
