@@ -76,7 +76,7 @@ class TrainState:
     base: nnx.State  # frozen parameters shared by policy and teacher
     policy: nnx.State  # trainable: LoRA adapters (or every parameter without LoRA)
     value_head: nnx.State  # trainable
-    # turbo modes: adapters like `policy` (factored), kernel deltas (dense), or an external
+    # turbo modes: kernel deltas (dense), adapters like `policy` (peft, factored), or an external
     # model's parameters (not in checkpoints: `Learner.checkpoint_tree` leaves it out)
     teacher: nnx.State
     initial: nnx.State  # TIES / linear merges: theta_0, the policy's starting adapters

@@ -4,14 +4,17 @@ GTR-Turbo's teacher is the policy's own past checkpoints merged (METHOD.md 3). A
 epoch the task vector `tau_i = theta_i - theta_0` is snapshotted (`push_snapshot`); every
 `merge_interval` updates the teacher is re-merged from them (`remerge`: TIES / linear with SMA
 weights, or EMA of the policy). By `UpdateConfig.merge_space` the teacher is
-- `factored` (the authors' PEFT code): an adapter set of the policy's structure, merged leaf by
-  leaf; its forward is the model with the teacher's adapters on the shared base;
-- `dense` (the paper's semantics, LoRA only): one float32 delta per adapted kernel, in the
-  kernel's `[out, in]` layout at the kernel's path (`.../q_proj/weight`); its forward
+- `dense` (the default, the paper's semantics, LoRA only): one float32 delta per adapted kernel,
+  in the kernel's `[out, in]` layout at the kernel's path (`.../q_proj/weight`); its forward
   (`teacher_weights`) is the model with zero adapters on a base whose adapted kernels are
   `W + delta`. With a bfloat16 base, deltas below half an ulp of a kernel entry round away;
-- `peft` (the authors' arithmetic, LoRA only): adapters like `factored`, merged by PEFT's
-  `add_weighted_adapter` from the snapshots' adapters themselves (not task vectors).
+- `peft` (the authors' arithmetic, LoRA only): an adapter set of the policy's structure, merged by
+  PEFT's `add_weighted_adapter` from the snapshots' adapters themselves (not task vectors); its
+  forward is the model with the teacher's adapters on the shared base;
+- `factored`: adapters like `peft`, merged leaf by leaf from the `a` / `b` task vectors (an
+  adapter-sized approximation of `dense`).
+Without LoRA `dense` and `factored` merge the full weights alike (the teacher has the policy's
+structure); `peft` needs adapters.
 
 The functions read the teacher's part of the train state through `TeacherFields` (the
 `TrainState` has them), so this module sits below `train.state`.
@@ -32,7 +35,7 @@ from gtr_turbo_jax.train.config import UpdateConfig
 class TeacherFields(Protocol):
     base: nnx.State  # frozen parameters shared by policy and teacher
     policy: nnx.State  # the policy's adapters (or every parameter without LoRA)
-    teacher: nnx.State  # adapters like `policy` (factored) or kernel deltas (dense)
+    teacher: nnx.State  # kernel deltas (dense) or adapters like `policy` (peft, factored)
     initial: nnx.State  # theta_0 (TIES / linear merges)
     snapshots: nnx.State  # task vectors: a ring `[S, ...]` or running sums
     snapshot_valid: jax.Array
