@@ -45,6 +45,16 @@ def kl_stats(agent, reference, thought_mask, valid, estimator="k1_clipped", clip
     }
 
 
+def agent_weights(state, update) -> dict[str, tuple]:
+    """`(adapters, base)` of each agent: the policy, the merged teacher as the update runs its
+    forward (a dense merge: zero adapters on shifted kernels) and theta_0."""
+    return {
+        "policy": (state.policy, state.base),
+        "teacher": teacher_weights(state, update),
+        "initial": (state.initial, state.base),
+    }
+
+
 def thought_kl_stats(learner: Learner, state, num_batches: int) -> dict[str, float]:
     update, config = learner.setup.update, learner.config
     graphdef = learner.defs.model
@@ -59,8 +69,8 @@ def thought_kl_stats(learner: Learner, state, num_batches: int) -> dict[str, flo
         ).logits  # fmt: skip
         return rl.token_logprobs(logits, rows.response_ids)
 
-    # The teacher's forward as the update runs it (a dense merge: zero adapters on shifted kernels).
-    teachers = {"teacher": teacher_weights(state, update), "initial": (state.initial, state.base)}
+    agents = agent_weights(state, update)
+    teachers = {name: agents[name] for name in ("teacher", "initial")}
     parts: dict[str, list[np.ndarray]] = {}
     rollout_state = learner.init_rollout()
     for _ in range(num_batches):
@@ -89,11 +99,7 @@ def thought_kl_stats(learner: Learner, state, num_batches: int) -> dict[str, flo
 def held_out_success(learner: Learner, state) -> dict[str, float]:
     """Held-out success of the policy, the merged teacher and theta_0 played as the agent (the
     teacher with the weights of its forward in the update)."""
-    agents = {
-        "policy": (state.policy, state.base),
-        "teacher": teacher_weights(state, learner.setup.update),
-        "initial": (state.initial, state.base),
-    }
+    agents = agent_weights(state, learner.setup.update)
     evaluate = lambda adapters, base: learner.evaluator(
         base, adapters, state.value_head, learner.keys["eval"]
     ).metrics["success_rate"]
